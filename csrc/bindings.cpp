@@ -1,0 +1,210 @@
+// pybind11 bindings: fastis._C. Deliberately no libtorch: arrays cross as numpy buffers and
+// the Python layer wraps them as tensors, so a torch upgrade never breaks this module.
+//
+// Every method checks its whole input before touching the structure, releases the GIL for
+// the loops, and holds the object's mutex, so concurrent calls from Python threads are safe
+// (they run one at a time). The GIL is released before the mutex is taken and retaken only
+// after it is dropped, so the two locks cannot deadlock.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <stdexcept>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "alias_table.hpp"
+#include "parallel.hpp"
+#include "rng.hpp"
+#include "sum_tree.hpp"
+#include "validate.hpp"
+
+namespace py = pybind11;
+
+namespace fastis {
+namespace {
+
+template <class Core>
+struct Locked {
+  template <class... Args>
+  explicit Locked(Args&&... args) : core(std::forward<Args>(args)...) {}
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+  Locked(Locked&&) = delete;
+  Core core;
+  std::mutex mutex;
+};
+
+using PySumTree = Locked<SumTree>;
+using PyAliasTable = Locked<AliasTable>;
+
+// Runs fn(core) without the GIL and under the object's mutex.
+template <class Core, class Fn>
+auto locked_call(Locked<Core>& obj, Fn&& fn) {
+  py::gil_scoped_release no_gil;
+  std::lock_guard<std::mutex> guard(obj.mutex);
+  return fn(obj.core);
+}
+
+void require_1d_contiguous(const py::array& a, const char* name) {
+  if (a.ndim() != 1) {
+    throw py::value_error(std::string(name) + " must be 1-D, got " + std::to_string(a.ndim()) +
+                          " dimensions");
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + " must be contiguous");
+  }
+}
+
+template <class Fn>
+auto with_weights(const py::array& w, const char* name, Fn&& fn) {
+  require_1d_contiguous(w, name);
+  if (w.dtype().is(py::dtype::of<double>())) return fn(static_cast<const double*>(w.data()));
+  if (w.dtype().is(py::dtype::of<float>())) return fn(static_cast<const float*>(w.data()));
+  throw py::type_error(std::string(name) + " must be float32 or float64, got " +
+                       std::string(py::str(w.dtype())));
+}
+
+template <class Fn>
+auto with_indices(const py::array& idx, const char* name, Fn&& fn) {
+  require_1d_contiguous(idx, name);
+  if (idx.dtype().is(py::dtype::of<int64_t>())) return fn(static_cast<const int64_t*>(idx.data()));
+  if (idx.dtype().is(py::dtype::of<int32_t>())) return fn(static_cast<const int32_t*>(idx.data()));
+  throw py::type_error(std::string(name) + " must be int32 or int64, got " +
+                       std::string(py::str(idx.dtype())));
+}
+
+// w_i / total (divide = true) or w_i for the given indices.
+template <class Core>
+py::array_t<double> gather(Locked<Core>& obj, const py::array& idx, bool divide) {
+  const auto count = static_cast<size_t>(idx.size());
+  py::array_t<double> out(static_cast<py::ssize_t>(count));
+  double* dst = out.mutable_data();
+  with_indices(idx, "indices", [&](auto* ix) {
+    locked_call(obj, [&](Core& core) {
+      check_indices(ix, count, core.size(), "indices");
+      const double* w = core.weights();
+      const double total = core.total();
+      if (divide && !(total > 0.0)) {
+        throw std::invalid_argument("probabilities are undefined: all weights are zero");
+      }
+      for (size_t i = 0; i < count; ++i) dst[i] = divide ? w[ix[i]] / total : w[ix[i]];
+      return 0;
+    });
+    return 0;
+  });
+  return out;
+}
+
+template <class Core>
+py::tuple sample(Locked<Core>& obj, int64_t k, bool with_probabilities) {
+  if (k < 0) throw py::value_error("k must be >= 0, got " + std::to_string(k));
+  py::array_t<int64_t> idx(k);
+  py::object prob = py::none();
+  double* prob_out = nullptr;
+  if (with_probabilities) {
+    py::array_t<double> p(k);
+    prob_out = p.mutable_data();
+    prob = std::move(p);
+  }
+  int64_t* out = idx.mutable_data();
+  locked_call(obj, [&](Core& core) {
+    core.sample(static_cast<uint64_t>(k), out, prob_out);
+    return 0;
+  });
+  return py::make_tuple(idx, prob);
+}
+
+template <class Core>
+py::array_t<double> all_weights(Locked<Core>& obj) {
+  py::array_t<double> out(static_cast<py::ssize_t>(obj.core.size()));
+  double* dst = out.mutable_data();
+  locked_call(obj, [&](Core& core) {
+    std::copy(core.weights(), core.weights() + core.size(), dst);
+    return 0;
+  });
+  return out;
+}
+
+// A new structure from a 1-D float32/float64 weight array (copied and checked in C++).
+template <class Obj>
+Obj* build(const py::array& w) {
+  return with_weights(w, "weights", [&](auto* wp) {
+    const auto n = static_cast<uint64_t>(w.size());
+    py::gil_scoped_release no_gil;
+    return new Obj(wp, n);
+  });
+}
+
+// Methods and properties that both structures share.
+template <class Core>
+void bind_common(py::class_<Locked<Core>>& cls) {
+  using Obj = Locked<Core>;
+  cls.def("__len__", [](Obj& o) { return o.core.size(); })
+      .def_property_readonly("total", [](Obj& o) { return o.core.total(); })
+      .def_property_readonly("nbytes", [](Obj& o) { return o.core.nbytes(); })
+      .def_property("seed", [](Obj& o) { return o.core.rng().seed; },
+                    [](Obj& o, uint64_t s) { o.core.rng().seed = s; })
+      .def_property("counter", [](Obj& o) { return o.core.rng().counter; },
+                    [](Obj& o, uint64_t c) { o.core.rng().counter = c; })
+      .def("sample", &sample<Core>, py::arg("k"), py::arg("with_probabilities") = false)
+      .def("probabilities",
+           [](Obj& o, const py::array& idx) { return gather(o, idx, true); })
+      .def("get", [](Obj& o, const py::array& idx) { return gather(o, idx, false); })
+      .def("weights", &all_weights<Core>);
+}
+
+}  // namespace
+}  // namespace fastis
+
+PYBIND11_MODULE(_C, m) {
+  using namespace fastis;
+  m.doc() = "fastis C++ core: SumTree, AliasTable, Philox4x64-10 (no libtorch).";
+
+  auto tree = py::class_<PySumTree>(m, "SumTree");
+  tree.def_static(
+          "zeros",
+          [](uint64_t n) {
+            py::gil_scoped_release no_gil;
+            return new PySumTree(n);
+          },
+          py::arg("n"), "A tree of n zero weights.")
+      .def_static("from_weights", &build<PySumTree>, py::arg("weights"))
+      .def("update", [](PySumTree& o, const py::array& idx, const py::array& w) {
+        if (idx.size() != w.size()) {
+          throw py::value_error("length mismatch: " + std::to_string(idx.size()) +
+                                " indices but " + std::to_string(w.size()) + " weights");
+        }
+        const auto count = static_cast<size_t>(idx.size());
+        with_indices(idx, "indices", [&](auto* ix) {
+          return with_weights(w, "weights", [&](auto* wp) {
+            return locked_call(o, [&](SumTree& t) {
+              check_indices(ix, count, t.size(), "indices");
+              check_weights(wp, count, "weights");
+              t.update(ix, wp, count);
+              return 0;
+            });
+          });
+        });
+      });
+  bind_common(tree);
+
+  auto table = py::class_<PyAliasTable>(m, "AliasTable");
+  table.def_static("from_weights", &build<PyAliasTable>, py::arg("weights"));
+  bind_common(table);
+
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("threads"));
+  m.def(
+      "philox4x64",
+      [](uint64_t block, uint64_t seed) {
+        const PhiloxBlock b = philox4x64(block, seed);
+        return py::make_tuple(b.word[0], b.word[1], b.word[2], b.word[3]);
+      },
+      py::arg("block"), py::arg("seed"),
+      "The four 64-bit words of Philox4x64-10 block `block` under key `seed`.");
+}

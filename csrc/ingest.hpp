@@ -1,0 +1,67 @@
+// Copying user weights into a new structure: one streaming pass that converts to float64,
+// flags invalid values and sums. Used by constructors only, where nothing pre-existing can
+// be corrupted, so the checks ride along with the copy instead of costing a pass of their
+// own; a failing input is rescanned by check_weights() to name the offender.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "parallel.hpp"
+#include "validate.hpp"
+
+namespace fastis {
+
+// Chunk size of the partial sums: the total is the in-order sum of per-chunk sums, so it is
+// the same bit for bit whatever the thread count.
+constexpr uint64_t kIngestChunk = uint64_t{1} << 16;
+
+// Copies w[begin, end) to dst[begin, end) as float64 (+0.0 turns -0.0 into +0.0), ORs 1
+// into *bad if any value is invalid, and returns their sum.
+template <class T>
+double ingest_chunk(const T* w, uint64_t begin, uint64_t end, double* dst, unsigned* bad) {
+  // Eight independent accumulators: vectorisable without reassociation (no -ffast-math).
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  unsigned flag = 0;
+  uint64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const double v = static_cast<double>(w[i + l]) + 0.0;
+      flag |= static_cast<unsigned>(!is_valid_weight(v));
+      dst[i + l] = v;
+      acc[l] += v;
+    }
+  }
+  for (; i < end; ++i) {
+    const double v = static_cast<double>(w[i]) + 0.0;
+    flag |= static_cast<unsigned>(!is_valid_weight(v));
+    dst[i] = v;
+    acc[0] += v;
+  }
+  *bad |= flag;
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Copies all n weights into dst in parallel; throws std::invalid_argument naming the first
+// invalid weight; returns the total (summed in fixed chunks).
+template <class T>
+double ingest(const T* w, uint64_t n, double* dst) {
+  const uint64_t chunks = (n + kIngestChunk - 1) / kIngestChunk;
+  std::vector<double> partial(chunks);
+  std::vector<unsigned> bad(chunks, 0);
+  parallel_for(chunks, 1, 16, [&](uint64_t begin, uint64_t end) {
+    for (uint64_t c = begin; c < end; ++c) {
+      const uint64_t stop = std::min(n, (c + 1) * kIngestChunk);
+      partial[c] = ingest_chunk(w, c * kIngestChunk, stop, dst, &bad[c]);
+    }
+  });
+  for (unsigned b : bad) {
+    if (b) check_weights(w, n, "weights");
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+}  // namespace fastis

@@ -1,0 +1,230 @@
+#include "sum_tree.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+
+#include "ingest.hpp"
+#include "parallel.hpp"
+
+namespace fastis {
+
+namespace {
+
+constexpr uint64_t kFanout = 8;
+// Descents in flight per thread: enough independent work to hide a DRAM miss (~100 ns)
+// behind the other lanes' compare/select work.
+constexpr uint64_t kLanes = 32;
+constexpr uint64_t kMinDrawsPerThread = uint64_t{1} << 15;
+constexpr uint64_t kMinNodesPerThread = uint64_t{1} << 16;
+
+uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
+
+// Left-to-right sum of one line; the descent's prefix sums use the same order.
+inline double line_sum(const double* a) {
+  double s = a[0];
+  for (int i = 1; i < 8; ++i) s += a[i];
+  return s;
+}
+
+// The largest double below x (x > 0 and finite).
+inline double just_below(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits -= 1;
+  std::memcpy(&x, &bits, sizeof bits);
+  return x;
+}
+
+// Picks the child of one line that holds u, branch-free, and turns u into the offset inside
+// that child. Clamping u below the line's own sum guarantees a child of positive weight:
+// prefix sums taken left to right never decrease, and a zero child repeats its left
+// neighbour's prefix, so the strict inequality prefix[j-1] <= u < prefix[j] cannot select it.
+inline uint64_t choose_child(const double* line, double* u) {
+  double prefix[9];
+  prefix[0] = 0.0;
+  double running = line[0];
+  prefix[1] = running;
+  for (int i = 1; i < 8; ++i) {
+    running += line[i];
+    prefix[i + 1] = running;
+  }
+  const double v = std::min(*u, just_below(prefix[8]));
+  uint64_t j = 0;
+  for (int i = 1; i < 8; ++i) j += prefix[i] <= v;
+  *u = v - prefix[j];
+  return j;
+}
+
+}  // namespace
+
+SumTree::SumTree(uint64_t n) : n_(n) { allocate_levels(); }
+
+template <class T>
+SumTree::SumTree(const T* w, uint64_t n) : n_(n) {
+  allocate_levels();
+  if (!std::isfinite(ingest(w, n, levels_[0].data()))) {
+    throw std::overflow_error("the total weight overflows float64 (inf)");
+  }
+  recompute_all();
+}
+
+void SumTree::allocate_levels() {
+  if (n_ == 0) throw std::invalid_argument("a SumTree needs at least one example (n = 0)");
+  uint64_t entries = round_up(n_, kFanout);
+  levels_.emplace_back(entries);
+  while (entries > kFanout) {
+    entries = round_up(entries / kFanout, kFanout);
+    levels_.emplace_back(entries);
+  }
+}
+
+size_t SumTree::nbytes() const {
+  size_t bytes = sizeof(*this);
+  for (const auto& level : levels_) bytes += level.bytes();
+  return bytes;
+}
+
+void SumTree::recompute_level(size_t level, uint64_t begin, uint64_t end) {
+  const double* child = levels_[level - 1].data();
+  double* parent = levels_[level].data();
+  for (uint64_t j = begin; j < end; ++j) parent[j] = line_sum(child + j * kFanout);
+}
+
+void SumTree::recompute_all() {
+  for (size_t level = 1; level < levels_.size(); ++level) {
+    const uint64_t nodes = levels_[level - 1].size() / kFanout;
+    parallel_for(nodes, 512, kMinNodesPerThread, [&](uint64_t begin, uint64_t end) {
+      recompute_level(level, begin, end);
+    });
+  }
+  total_ = line_sum(levels_.back().data());
+}
+
+// Marks the level-1 parents of the updated leaves. An entry being recomputed is first set
+// to NaN: that both flags it as dirty (so each ancestor is queued once) and costs no extra
+// memory, since the line is about to be written anyway.
+template <class I>
+void SumTree::mark_parents(const I* idx, size_t count, std::vector<uint64_t>* dirty) {
+  if (levels_.size() == 1) return;
+  double* parent = levels_[1].data();
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t p = static_cast<uint64_t>(idx[i]) / kFanout;
+    if (!std::isnan(parent[p])) {
+      parent[p] = std::numeric_limits<double>::quiet_NaN();
+      dirty->push_back(p);
+    }
+  }
+}
+
+// Recomputes the queued level-1 entries, then their parents, level by level. Once the dirty
+// set is a large share of a level, a sequential sweep of the whole level is cheaper than
+// random visits, and every level above it is swept too.
+void SumTree::recompute_dirty(std::vector<uint64_t>* dirty) {
+  std::vector<uint64_t> next;
+  for (size_t level = 1; level < levels_.size(); ++level) {
+    const uint64_t nodes = levels_[level - 1].size() / kFanout;
+    if (dirty->size() * 4 >= nodes) {
+      for (size_t up = level; up < levels_.size(); ++up) {
+        recompute_level(up, 0, levels_[up - 1].size() / kFanout);
+      }
+      break;
+    }
+    const bool has_parent = level + 1 < levels_.size();
+    double* grand = has_parent ? levels_[level + 1].data() : nullptr;
+    next.clear();
+    for (uint64_t j : *dirty) {
+      recompute_level(level, j, j + 1);
+      if (!has_parent) continue;
+      const uint64_t p = j / kFanout;
+      if (!std::isnan(grand[p])) {
+        grand[p] = std::numeric_limits<double>::quiet_NaN();
+        next.push_back(p);
+      }
+    }
+    dirty->swap(next);
+  }
+  total_ = line_sum(levels_.back().data());
+}
+
+template <class I, class T>
+void SumTree::update(const I* idx, const T* weights, size_t count) {
+  if (count == 0) return;
+  double* leaves = levels_[0].data();
+  // Old values, kept so that an overflowing batch can be undone exactly.
+  std::vector<double> old(count);
+  constexpr size_t kAhead = 16;
+  for (size_t i = 0; i < count; ++i) {
+    if (i + kAhead < count) __builtin_prefetch(leaves + idx[i + kAhead], 1);
+    const uint64_t leaf = static_cast<uint64_t>(idx[i]);
+    old[i] = leaves[leaf];
+    leaves[leaf] = static_cast<double>(weights[i]) + 0.0;
+  }
+  std::vector<uint64_t> dirty;
+  dirty.reserve(count);
+  mark_parents(idx, count, &dirty);
+  recompute_dirty(&dirty);
+  if (std::isfinite(total_)) return;
+  for (size_t i = count; i-- > 0;) leaves[static_cast<uint64_t>(idx[i])] = old[i];
+  dirty.clear();
+  mark_parents(idx, count, &dirty);
+  recompute_dirty(&dirty);
+  throw std::overflow_error(
+      "the total weight would overflow float64 (inf); the update was not applied");
+}
+
+void SumTree::sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
+                           double* prob_out) const {
+  const double total = total_;
+  const int top = static_cast<int>(levels_.size()) - 1;
+  double u[kLanes];
+  uint64_t node[kLanes];
+  double leaf_weight[kLanes];
+  for (uint64_t base = begin; base < end; base += kLanes) {
+    const uint64_t lanes = std::min(kLanes, end - base);
+    // begin is a multiple of 4, so lane g uses word (base + g) % 4 of block (base + g) / 4.
+    for (uint64_t g = 0; g < lanes; g += 4) {
+      const PhiloxBlock r = philox4x64(first_block + (base + g) / 4, rng_.seed);
+      for (uint64_t w = 0; w < 4 && g + w < lanes; ++w) {
+        u[g + w] = unit_interval(r.word[w]) * total;
+        node[g + w] = 0;
+      }
+    }
+    for (int level = top; level >= 0; --level) {
+      const double* entries = levels_[level].data();
+      const double* below = level > 0 ? levels_[level - 1].data() : nullptr;
+      for (uint64_t g = 0; g < lanes; ++g) {
+        const double* line = entries + node[g] * kFanout;
+        const uint64_t j = choose_child(line, &u[g]);
+        if (level == 0) leaf_weight[g] = line[j];
+        node[g] = node[g] * kFanout + j;
+        if (below != nullptr) __builtin_prefetch(below + node[g] * kFanout);
+      }
+    }
+    for (uint64_t g = 0; g < lanes; ++g) out[base + g] = static_cast<int64_t>(node[g]);
+    if (prob_out != nullptr) {
+      for (uint64_t g = 0; g < lanes; ++g) prob_out[base + g] = leaf_weight[g] / total;
+    }
+  }
+}
+
+void SumTree::sample(uint64_t k, int64_t* out, double* prob_out) {
+  if (!(total_ > 0.0)) {
+    throw std::invalid_argument("cannot sample: all weights are zero (total = 0)");
+  }
+  const uint64_t first_block = rng_.reserve(k);
+  parallel_for(k, kLanes, kMinDrawsPerThread, [&](uint64_t begin, uint64_t end) {
+    sample_range(first_block, begin, end, out, prob_out);
+  });
+}
+
+template SumTree::SumTree(const float*, uint64_t);
+template SumTree::SumTree(const double*, uint64_t);
+template void SumTree::update<int32_t, float>(const int32_t*, const float*, size_t);
+template void SumTree::update<int32_t, double>(const int32_t*, const double*, size_t);
+template void SumTree::update<int64_t, float>(const int64_t*, const float*, size_t);
+template void SumTree::update<int64_t, double>(const int64_t*, const double*, size_t);
+
+}  // namespace fastis
