@@ -157,12 +157,16 @@ def _multinomial() -> Method:
         return torch.multinomial(w, DRAW_SMALL, replacement=True)
 
     return Method(
-        "torch.multinomial", "f64",
+        "torch.multinomial",
+        "f64",
         build=torch.from_numpy,  # no structure: every call re-scans the n weights
         draw=lambda w, k: torch.multinomial(w, k, replacement=True),
-        step=step, held_bytes=lambda w: w.nbytes, updatable=False, max_n=2**24,
+        step=step,
+        held_bytes=lambda w: w.nbytes,
+        updatable=False,
+        max_n=2**24,
         note="O(n) per call",
-    )  # fmt: skip
+    )
 
 
 def _weighted_random_sampler() -> Method:
@@ -177,11 +181,16 @@ def _weighted_random_sampler() -> Method:
         return draw(s, DRAW_SMALL)
 
     return Method(
-        "WeightedRandomSampler", "f64",
+        "WeightedRandomSampler",
+        "f64",
         build=lambda w: WeightedRandomSampler(torch.from_numpy(w), DRAW_SMALL, replacement=True),
-        draw=draw, step=step, held_bytes=lambda s: s.weights.nbytes, updatable=False,
-        max_n=2**24, note="list(iter()); O(n) per call",
-    )  # fmt: skip
+        draw=draw,
+        step=step,
+        held_bytes=lambda s: s.weights.nbytes,
+        updatable=False,
+        max_n=2**24,
+        note="list(iter()); O(n) per call",
+    )
 
 
 def _numpy_choice() -> Method:
@@ -196,11 +205,15 @@ def _numpy_choice() -> Method:
         return rng.choice(len(st.w), DRAW_SMALL, p=st.obj)
 
     return Method(
-        "numpy Generator.choice(p)", "f64",
-        build=build, draw=lambda st, k: rng.choice(len(st.w), k, p=st.obj),
-        step=step, held_bytes=lambda st: st.obj.nbytes, updatable=False,
+        "numpy Generator.choice(p)",
+        "f64",
+        build=build,
+        draw=lambda st, k: rng.choice(len(st.w), k, p=st.obj),
+        step=step,
+        held_bytes=lambda st: st.obj.nbytes,
+        updatable=False,
         note="O(n) per call",
-    )  # fmt: skip
+    )
 
 
 def _scipy_alias() -> Method:
@@ -217,12 +230,16 @@ def _scipy_alias() -> Method:
         return st.obj.rvs(DRAW_SMALL)
 
     return Method(
-        "scipy DiscreteAliasUrn", "f64",
-        build=build, draw=lambda st, k: st.obj.rvs(k), step=step,
+        "scipy DiscreteAliasUrn",
+        "f64",
+        build=build,
+        draw=lambda st, k: st.obj.rvs(k),
+        step=step,
         # UNU.RAN keeps a float64 copy of pv plus an {int32 alias, float64 prob} urn of size n.
-        held_bytes=lambda st: 20.0 * len(st.w), updatable=False,
+        held_bytes=lambda st: 20.0 * len(st.w),
+        updatable=False,
         note="int32 out; B/ex estimated",
-    )  # fmt: skip
+    )
 
 
 def _torchrl_tree(cls: type, np_dtype: type, label: str) -> Method:
@@ -243,11 +260,15 @@ def _torchrl_tree(cls: type, np_dtype: type, label: str) -> Method:
         return draw(tree, DRAW_SMALL)
 
     return Method(
-        f"TorchRL SumSegmentTree{label}", label.lower().replace("fp", "f"),
-        build=build, draw=draw, step=step,
-        held_bytes=lambda tree: 2.0 * tree.capacity * itemsize, updatable=True,
+        f"TorchRL SumSegmentTree{label}",
+        label.lower().replace("fp", "f"),
+        build=build,
+        draw=draw,
+        step=step,
+        held_bytes=lambda tree: 2.0 * tree.capacity * itemsize,
+        updatable=True,
         note="raw tree; scan_lower_bound(u * total)",
-    )  # fmt: skip
+    )
 
 
 def _fastis_sum_tree(fastis: ModuleType, threads: int) -> Method:
@@ -256,11 +277,15 @@ def _fastis_sum_tree(fastis: ModuleType, threads: int) -> Method:
         return tree.sample(DRAW_SMALL)
 
     return Method(
-        f"fastis.SumTree ({threads} thr)", "f64",
+        f"fastis.SumTree ({threads} thr)",
+        "f64",
         build=lambda w: fastis.SumTree(w, seed=0),
-        draw=lambda tree, k: tree.sample(k), step=step,
-        held_bytes=lambda tree: float(tree.nbytes), updatable=True, threads=threads,
-    )  # fmt: skip
+        draw=lambda tree, k: tree.sample(k),
+        step=step,
+        held_bytes=lambda tree: float(tree.nbytes),
+        updatable=True,
+        threads=threads,
+    )
 
 
 def _fastis_alias(fastis: ModuleType, threads: int) -> Method:
@@ -270,12 +295,16 @@ def _fastis_alias(fastis: ModuleType, threads: int) -> Method:
         return st.obj.sample(DRAW_SMALL)
 
     return Method(
-        f"fastis.AliasTable ({threads} thr)", "f64",
+        f"fastis.AliasTable ({threads} thr)",
+        "f64",
         build=lambda w: Rebuilt(w, fastis.AliasTable(w, seed=0)),
-        draw=lambda st, k: st.obj.sample(k), step=step,
-        held_bytes=lambda st: float(st.obj.nbytes), updatable=False, threads=threads,
+        draw=lambda st, k: st.obj.sample(k),
+        step=step,
+        held_bytes=lambda st: float(st.obj.nbytes),
+        updatable=False,
+        threads=threads,
         note="step = rebuild",
-    )  # fmt: skip
+    )
 
 
 def first_line(exc: BaseException) -> str:
@@ -432,13 +461,14 @@ class Runner:
             row.is_mean = is_check(row, as_index_array(drawn), w, total)
         del drawn
         self.timed(
-            row, method, "draw1024_us", lambda _: method.draw(state, DRAW_SMALL),
+            row,
+            method,
+            "draw1024_us",
+            lambda _: method.draw(state, DRAW_SMALL),
             max_repeats=self.draw_small_calls,
-        )  # fmt: skip
+        )
         steps = step_inputs(len(w))
         self.timed(row, method, "step_ms", lambda a: method.step(state, *a), prepare=steps)
-        del state
-        gc.collect()
         return row
 
 
@@ -477,9 +507,7 @@ def step_inputs(n: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     return make
 
 
-def run_size(
-    n: int, methods: list[Method | Unavailable], runner: Runner, fastis: Any
-) -> list[Row]:
+def run_size(n: int, methods: list[Method | Unavailable], runner: Runner, fastis: Any) -> list[Row]:
     w = np.random.default_rng(WEIGHT_SEED).lognormal(0.0, 1.0, n)
     total = float(w.sum())
     rows = []
@@ -490,6 +518,7 @@ def run_size(
             fill_missing(row, "not importable")
         else:
             row = runner.run(method, w, total, fastis)
+            gc.collect()  # free this method's structure before the next one is built
         rows.append(row)
         log(f"  n={fmt_n(n)} {method.key:<34} {time.perf_counter() - t0:6.1f} s")
     return rows
@@ -512,7 +541,7 @@ def fmt_n(n: int) -> str:
 def fmt(x: float, digits: int = 3) -> str:
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
-    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
     return f"{x:,.{decimals}f}"
 
 
@@ -535,9 +564,17 @@ def is_cell(row: Row, tol: float) -> str:
 
 
 TABLE_HEADERS = [
-    "method", "dtype", "build ms", "draw 1M ms (M/s)", "draw 1024 us", "step ms", "updates?",
-    "B/ex", "IS", "notes",
-]  # fmt: skip
+    "method",
+    "dtype",
+    "build ms",
+    "draw 1M ms (M/s)",
+    "draw 1024 us",
+    "step ms",
+    "updates?",
+    "B/ex",
+    "IS",
+    "notes",
+]
 
 
 def table_rows(rows: list[Row], methods: dict[str, Method | Unavailable], tol: float) -> list:
@@ -545,12 +582,20 @@ def table_rows(rows: list[Row], methods: dict[str, Method | Unavailable], tol: f
     for row in rows:
         method = methods.get(row.method)
         updatable = "yes" if isinstance(method, Method) and method.updatable else "rebuild"
-        out.append([
-            row.method, row.dtype or "-", cell(row.metrics.get("build_ms")), draw_cell(row),
-            cell(row.metrics.get("draw1024_us")), cell(row.metrics.get("step_ms")),
-            updatable if isinstance(method, Method) else "-", cell(row.bytes_per_ex),
-            is_cell(row, tol), row.note,
-        ])  # fmt: skip
+        out.append(
+            [
+                row.method,
+                row.dtype or "-",
+                cell(row.metrics.get("build_ms")),
+                draw_cell(row),
+                cell(row.metrics.get("draw1024_us")),
+                cell(row.metrics.get("step_ms")),
+                updatable if isinstance(method, Method) else "-",
+                cell(row.bytes_per_ex),
+                is_cell(row, tol),
+                row.note,
+            ]
+        )
     return out
 
 
@@ -654,21 +699,35 @@ class Target:
 E6, E7 = 10**6, 10**7
 TARGETS = [
     Target("AliasTable draw rate, 2 thr", E7, best_of((ALIAS2,), "rate"), True, 100, " M/s"),
-    Target("AliasTable 2 thr / scipy alias, draw rate", E7, rate_ratio(ALIAS2, SCIPY), True, 5, "x"),
+    Target(
+        "AliasTable 2 thr / scipy alias, draw rate", E7, rate_ratio(ALIAS2, SCIPY), True, 5, "x"
+    ),
     Target("AliasTable draw rate, 1 thr", E7, best_of((ALIAS1,), "rate"), True, 60, " M/s"),
     Target("SumTree draw rate, 1 thr", E7, best_of((TREE1,), "rate"), True, 20, " M/s"),
     Target(
-        "SumTree 1 thr / best TorchRL tree, draw rate", E7,
-        ratio_of(best_of((TREE1,), "rate"), best_of(TRL_ANY, "rate")), True, 5, "x",
+        "SumTree 1 thr / best TorchRL tree, draw rate",
+        E7,
+        ratio_of(best_of((TREE1,), "rate"), best_of(TRL_ANY, "rate")),
+        True,
+        5,
+        "x",
     ),
     Target("SumTree step (best of 1/2 thr)", E7, best_of(TREE_ANY, "step_ms"), False, 1.5, " ms"),
     Target(
-        "best TorchRL step / SumTree step (best thr)", E7,
-        ratio_of(best_of(TRL_ANY, "step_ms"), best_of(TREE_ANY, "step_ms")), True, 4, "x",
+        "best TorchRL step / SumTree step (best thr)",
+        E7,
+        ratio_of(best_of(TRL_ANY, "step_ms"), best_of(TREE_ANY, "step_ms")),
+        True,
+        4,
+        "x",
     ),
-    Target("AliasTable build (best of 1/2 thr)", E7, best_of(ALIAS_ANY, "build_ms"), False, 40, " ms"),
+    Target(
+        "AliasTable build (best of 1/2 thr)", E7, best_of(ALIAS_ANY, "build_ms"), False, 40, " ms"
+    ),
     Target("SumTree build (best of 1/2 thr)", E7, best_of(TREE_ANY, "build_ms"), False, 20, " ms"),
-    Target("AliasTable draw 1024 (best thr)", E6, best_of(ALIAS_ANY, "draw1024_us"), False, 15, " us"),
+    Target(
+        "AliasTable draw 1024 (best thr)", E6, best_of(ALIAS_ANY, "draw1024_us"), False, 15, " us"
+    ),
     Target("SumTree draw 1024 (best thr)", E6, best_of(TREE_ANY, "draw1024_us"), False, 15, " us"),
 ]
 
@@ -708,13 +767,21 @@ def shell(cmd: list[str]) -> str:
 
 def environment(argv: list[str], fastis: Any, fastis_err: str, trl_err: str) -> dict[str, str]:
     model = next(
-        (ln.split(":", 1)[1].strip() for ln in shell(["lscpu"]).splitlines()
-         if ln.startswith("Model name")), platform.processor() or "unknown",
-    )  # fmt: skip
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in shell(["lscpu"]).splitlines()
+            if ln.startswith("Model name")
+        ),
+        platform.processor() or "unknown",
+    )
     mem_kib = next(
-        (int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-         if ln.startswith("MemTotal")), 0,
-    )  # fmt: skip
+        (
+            int(ln.split()[1])
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        ),
+        0,
+    )
     head = shell(["git", "rev-parse", "--short", "HEAD"]).strip() or "no commit"
     dirty = "dirty" if shell(["git", "status", "--porcelain"]).strip() else "clean"
     import scipy
@@ -811,20 +878,33 @@ def parse_sizes(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", help=f"comma-separated n (default {DEFAULT_SIZES}; quick {QUICK_SIZES})")
+    p.add_argument(
+        "--sizes", help=f"comma-separated n (default {DEFAULT_SIZES}; quick {QUICK_SIZES})"
+    )
     p.add_argument("--quick", action="store_true", help="n = 1e5, 1e6 and few repeats (< 60 s)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--only-baselines", action="store_true", help="skip fastis")
     group.add_argument("--only-fastis", action="store_true", help="skip the baselines")
     p.add_argument("--threads", default="1,2", help="fastis thread counts, one row each")
-    p.add_argument("--max-call-s", type=float, default=5.0,
-                   help="skip a method at a size where one call takes longer (default 5)")
-    p.add_argument("--draw-small-calls", type=int, default=None,
-                   help="max calls timed for draw 1024 (default 200; quick 100)")
-    p.add_argument("--out", help=f"Markdown file or directory (default {DEFAULT_OUT_DIR}/); "
-                   "a .json file is written next to it")
+    p.add_argument(
+        "--max-call-s",
+        type=float,
+        default=5.0,
+        help="skip a method at a size where one call takes longer (default 5)",
+    )
+    p.add_argument(
+        "--draw-small-calls",
+        type=int,
+        default=None,
+        help="max calls timed for draw 1024 (default 200; quick 100)",
+    )
+    p.add_argument(
+        "--out",
+        help=f"Markdown file or directory (default {DEFAULT_OUT_DIR}/); "
+        "a .json file is written next to it",
+    )
     p.add_argument("--no-save", action="store_true", help="print only, write no files")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
@@ -857,8 +937,12 @@ def main(argv: list[str]) -> int:
         md_path, json_path = output_paths(args.out, args.quick)
         md_path.parent.mkdir(parents=True, exist_ok=True)
         md_path.write_text(md)
-        payload = {"env": env, "rows": [asdict(r) for r in rows], "targets": targets,
-                   "is_tolerance": {str(n): t for n, t in tols.items()}}  # fmt: skip
+        payload = {
+            "env": env,
+            "rows": [asdict(r) for r in rows],
+            "targets": targets,
+            "is_tolerance": {str(n): t for n, t in tols.items()},
+        }
         json_path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
         print(f"\nwrote {md_path} and {json_path}")
     return 0

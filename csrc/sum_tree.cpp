@@ -19,6 +19,7 @@ constexpr uint64_t kFanout = 8;
 constexpr uint64_t kLanes = 32;
 constexpr uint64_t kMinDrawsPerThread = uint64_t{1} << 15;
 constexpr uint64_t kMinNodesPerThread = uint64_t{1} << 16;
+constexpr size_t kMinUpdatesPerThread = size_t{1} << 14;
 
 uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
 
@@ -103,74 +104,118 @@ void SumTree::recompute_all() {
   total_ = line_sum(levels_.back().data());
 }
 
-// Marks the level-1 parents of the updated leaves. An entry being recomputed is first set
-// to NaN: that both flags it as dirty (so each ancestor is queued once) and costs no extra
-// memory, since the line is about to be written anyway.
-template <class I>
-void SumTree::mark_parents(const I* idx, size_t count, std::vector<uint64_t>* dirty) {
-  if (levels_.size() == 1) return;
-  double* parent = levels_[1].data();
-  for (size_t i = 0; i < count; ++i) {
-    const uint64_t p = static_cast<uint64_t>(idx[i]) / kFanout;
-    if (!std::isnan(parent[p])) {
-      parent[p] = std::numeric_limits<double>::quiet_NaN();
-      dirty->push_back(p);
-    }
+// Marks entry `node` of `level` dirty and queues it, once. A dirty entry is set to NaN: that
+// flags it (so each ancestor is queued once) and costs no extra memory, since the line is
+// about to be rewritten anyway. Weights are finite, so no clean entry is ever NaN.
+inline void queue_once(double* level, uint64_t node, std::vector<uint64_t>* dirty) {
+  if (!std::isnan(level[node])) {
+    level[node] = std::numeric_limits<double>::quiet_NaN();
+    dirty->push_back(node);
   }
 }
 
-// Recomputes the queued level-1 entries, then their parents, level by level. Once the dirty
-// set is a large share of a level, a sequential sweep of the whole level is cheaper than
-// random visits, and every level above it is swept too.
-void SumTree::recompute_dirty(std::vector<uint64_t>* dirty) {
-  std::vector<uint64_t> next;
-  for (size_t level = 1; level < levels_.size(); ++level) {
-    const uint64_t nodes = levels_[level - 1].size() / kFanout;
-    if (dirty->size() * 4 >= nodes) {
-      for (size_t up = level; up < levels_.size(); ++up) {
-        recompute_level(up, 0, levels_[up - 1].size() / kFanout);
-      }
-      break;
+// Writes the updates whose index lies in [lo, hi), in batch order (so the last of duplicate
+// indices wins), saving each overwritten value in old[i]. The level-1 entry above a leaf is
+// recomputed right after the write, while the leaf's line is still in L1: recomputing it
+// later, after the whole batch, would miss on that line a second time. Level-2 entries are
+// queued in `dirty`.
+template <class I, class T>
+void SumTree::write_leaves(const I* idx, const T* weights, size_t count, uint64_t lo,
+                           uint64_t hi, double* old, std::vector<uint64_t>* dirty) {
+  double* leaves = levels_[0].data();
+  double* level1 = levels_.size() > 1 ? levels_[1].data() : nullptr;
+  double* level2 = levels_.size() > 2 ? levels_[2].data() : nullptr;
+  constexpr size_t kAhead = 16;
+  for (size_t i = 0; i < count; ++i) {
+    if (i + kAhead < count) {
+      const uint64_t ahead = static_cast<uint64_t>(idx[i + kAhead]);
+      __builtin_prefetch(leaves + ahead, 1);
+      if (level1 != nullptr) __builtin_prefetch(level1 + ahead / kFanout, 1);
     }
+    const uint64_t leaf = static_cast<uint64_t>(idx[i]);
+    if (leaf < lo || leaf >= hi) continue;
+    old[i] = leaves[leaf];
+    leaves[leaf] = static_cast<double>(weights[i]) + 0.0;
+    if (level1 == nullptr) continue;
+    const uint64_t node = leaf / kFanout;
+    level1[node] = line_sum(leaves + node * kFanout);
+    if (level2 != nullptr) queue_once(level2, node / kFanout, dirty);
+  }
+}
+
+// Recomputes the queued entries of first_level, then their parents, up to last_level
+// (inclusive), touching only entries above leaves [lo, hi); on return `dirty` holds the
+// queued entries of last_level + 1. Once the queue is a large share of the entries in
+// range, one sequential sweep of them is cheaper than random visits.
+void SumTree::recompute_dirty(size_t first_level, size_t last_level, uint64_t lo, uint64_t hi,
+                              std::vector<uint64_t>* dirty) {
+  std::vector<uint64_t> next;
+  constexpr size_t kAhead = 8;
+  for (size_t level = first_level; level <= last_level; ++level) {
+    const uint64_t span = uint64_t{1} << (3 * level);  // leaves under one entry of `level`
+    const uint64_t first = lo / span;
+    const uint64_t last = std::min((hi + span - 1) / span, levels_[level - 1].size() / kFanout);
     const bool has_parent = level + 1 < levels_.size();
-    double* grand = has_parent ? levels_[level + 1].data() : nullptr;
+    double* parent = has_parent ? levels_[level + 1].data() : nullptr;
     next.clear();
-    for (uint64_t j : *dirty) {
-      recompute_level(level, j, j + 1);
-      if (!has_parent) continue;
-      const uint64_t p = j / kFanout;
-      if (!std::isnan(grand[p])) {
-        grand[p] = std::numeric_limits<double>::quiet_NaN();
-        next.push_back(p);
+    if (dirty->size() * 4 >= last - first) {
+      recompute_level(level, first, last);
+      if (has_parent) {
+        for (uint64_t j = first; j < last; j += kFanout) queue_once(parent, j / kFanout, &next);
+      }
+    } else {
+      const double* child = levels_[level - 1].data();
+      const std::vector<uint64_t>& queue = *dirty;
+      for (size_t q = 0; q < queue.size(); ++q) {
+        if (q + kAhead < queue.size()) __builtin_prefetch(child + queue[q + kAhead] * kFanout);
+        const uint64_t j = queue[q];
+        recompute_level(level, j, j + 1);
+        if (has_parent) queue_once(parent, j / kFanout, &next);
       }
     }
     dirty->swap(next);
   }
-  total_ = line_sum(levels_.back().data());
 }
 
 template <class I, class T>
 void SumTree::update(const I* idx, const T* weights, size_t count) {
   if (count == 0) return;
-  double* leaves = levels_[0].data();
   // Old values, kept so that an overflowing batch can be undone exactly.
   std::vector<double> old(count);
-  constexpr size_t kAhead = 16;
-  for (size_t i = 0; i < count; ++i) {
-    if (i + kAhead < count) __builtin_prefetch(leaves + idx[i + kAhead], 1);
-    const uint64_t leaf = static_cast<uint64_t>(idx[i]);
-    old[i] = leaves[leaf];
-    leaves[leaf] = static_cast<double>(weights[i]) + 0.0;
+  const size_t top = levels_.size() - 1;
+  // Threads own contiguous leaf ranges aligned to whole subtrees of height kOwnedLevels,
+  // so levels up to kOwnedLevels - 1 are written by one thread each; the few entries above
+  // are recomputed by the calling thread afterwards. Every thread scans the whole batch in
+  // order and applies only its own indices, which keeps last-write-wins.
+  constexpr size_t kOwnedLevels = 5;
+  const size_t owned_top = std::min(top, kOwnedLevels - 1);
+  const uint64_t subtree = uint64_t{1} << (3 * (owned_top + 1));
+  const uint64_t subtrees = (n_ + subtree - 1) / subtree;
+  const bool parallel = count >= kMinUpdatesPerThread && owned_top + 1 <= top;
+  std::vector<std::vector<uint64_t>> queues(parallel ? static_cast<size_t>(get_num_threads()) : 1);
+  std::vector<uint64_t> carried;
+  auto apply = [&](uint64_t first_subtree, uint64_t last_subtree, std::vector<uint64_t>* queue) {
+    const uint64_t lo = first_subtree * subtree;
+    const uint64_t hi = std::min(n_, last_subtree * subtree);
+    queue->reserve(count);
+    write_leaves(idx, weights, count, lo, hi, old.data(), queue);
+    if (top >= 2) recompute_dirty(2, owned_top, lo, hi, queue);
+  };
+  if (parallel) {
+    parallel_for_indexed(subtrees, 1, 1, [&](uint64_t t, uint64_t begin, uint64_t end) {
+      apply(begin, end, &queues[t]);
+    });
+    for (auto& q : queues) carried.insert(carried.end(), q.begin(), q.end());
+  } else {
+    apply(0, subtrees, &carried);
   }
-  std::vector<uint64_t> dirty;
-  dirty.reserve(count);
-  mark_parents(idx, count, &dirty);
-  recompute_dirty(&dirty);
+  if (owned_top + 1 <= top) recompute_dirty(owned_top + 1, top, 0, n_, &carried);
+  total_ = line_sum(levels_.back().data());
   if (std::isfinite(total_)) return;
+  // Undo: restore the leaves newest-first, then recompute everything above them.
+  double* leaves = levels_[0].data();
   for (size_t i = count; i-- > 0;) leaves[static_cast<uint64_t>(idx[i])] = old[i];
-  dirty.clear();
-  mark_parents(idx, count, &dirty);
-  recompute_dirty(&dirty);
+  recompute_all();
   throw std::overflow_error(
       "the total weight would overflow float64 (inf); the update was not applied");
 }

@@ -52,9 +52,11 @@ class SumTree {
   void allocate_levels();
   void recompute_all();
   void recompute_level(size_t level, uint64_t begin, uint64_t end);
-  void recompute_dirty(std::vector<uint64_t>* dirty);
-  template <class I>
-  void mark_parents(const I* idx, size_t count, std::vector<uint64_t>* dirty);
+  void recompute_dirty(size_t first_level, size_t last_level, uint64_t lo, uint64_t hi,
+                       std::vector<uint64_t>* dirty);
+  template <class I, class T>
+  void write_leaves(const I* idx, const T* weights, size_t count, uint64_t lo, uint64_t hi,
+                    double* old, std::vector<uint64_t>* dirty);
   void sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
                     double* prob_out) const;
 
