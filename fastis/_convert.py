@@ -21,8 +21,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         if x.device.type != "cpu":
             raise ValueError(
-                f"{name} is on {x.device}; fastis structures live in CPU memory, pass "
-                f"{name}.cpu()"
+                f"{name} is on {x.device}; fastis structures live in CPU memory, pass {name}.cpu()"
             )
         x = x.detach()
         if x.dtype in (torch.float16, torch.bfloat16):
@@ -78,7 +77,7 @@ def as_indices(x: Any, name: str = "indices") -> np.ndarray:
 
 def as_count(k: Any, name: str = "k") -> int:
     """A non-negative Python int from an integer-like `k` (bools and floats are refused)."""
-    if isinstance(k, bool) or isinstance(k, (float, np.floating)):
+    if isinstance(k, (bool, float, np.floating)):
         raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
     if isinstance(k, torch.Tensor) and (k.is_floating_point() or k.dtype == torch.bool):
         raise TypeError(f"{name} must be an integer, got a {k.dtype} tensor")

@@ -115,8 +115,7 @@ class _WeightedIndex:
         weights = as_weights(state["weights"])
         if expected_size is not None and len(weights) != expected_size:
             raise ValueError(
-                f"state_dict holds {len(weights)} weights; this {cls.__name__} has "
-                f"{expected_size}"
+                f"state_dict holds {len(weights)} weights; this {cls.__name__} has {expected_size}"
             )
         seed, counter = as_seed(state["seed"]), as_count(state["counter"], "counter")
         if counter >= 2**64:
