@@ -14,16 +14,15 @@ namespace fastis {
 int get_num_threads();
 void set_num_threads(int threads);
 
-// Calls fn(thread, begin, end) on contiguous pieces of [0, total) whose boundaries are
-// multiples of `align`, one piece per thread (thread = 0, 1, ...). Work below
-// `min_per_thread` items per thread stays on the calling thread: starting a thread costs
-// ~20-50 us.
+// Calls fn(begin, end) on contiguous pieces of [0, total) whose boundaries are multiples of
+// `align`, one piece per thread. Work below `min_per_thread` items per thread stays on the
+// calling thread: starting a thread costs ~20-50 us.
 template <class Fn>
-void parallel_for_indexed(uint64_t total, uint64_t align, uint64_t min_per_thread, Fn&& fn) {
+void parallel_for(uint64_t total, uint64_t align, uint64_t min_per_thread, Fn&& fn) {
   const uint64_t by_size = std::max<uint64_t>(1, total / std::max<uint64_t>(1, min_per_thread));
   const uint64_t threads = std::min<uint64_t>(static_cast<uint64_t>(get_num_threads()), by_size);
   if (threads <= 1) {
-    fn(uint64_t{0}, uint64_t{0}, total);
+    fn(uint64_t{0}, total);
     return;
   }
   const uint64_t units = (total + align - 1) / align;
@@ -33,7 +32,7 @@ void parallel_for_indexed(uint64_t total, uint64_t align, uint64_t min_per_threa
     const uint64_t begin = std::min(total, units * t / threads * align);
     const uint64_t end = std::min(total, units * (t + 1) / threads * align);
     try {
-      if (begin < end) fn(t, begin, end);
+      if (begin < end) fn(begin, end);
     } catch (...) {
       errors[t] = std::current_exception();
     }
@@ -45,13 +44,6 @@ void parallel_for_indexed(uint64_t total, uint64_t align, uint64_t min_per_threa
   for (auto& e : errors) {
     if (e) std::rethrow_exception(e);
   }
-}
-
-// parallel_for_indexed for callers that do not need the thread number.
-template <class Fn>
-void parallel_for(uint64_t total, uint64_t align, uint64_t min_per_thread, Fn&& fn) {
-  parallel_for_indexed(total, align, min_per_thread,
-                       [&fn](uint64_t, uint64_t begin, uint64_t end) { fn(begin, end); });
 }
 
 }  // namespace fastis

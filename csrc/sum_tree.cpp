@@ -19,7 +19,6 @@ constexpr uint64_t kFanout = 8;
 constexpr uint64_t kLanes = 32;
 constexpr uint64_t kMinDrawsPerThread = uint64_t{1} << 15;
 constexpr uint64_t kMinNodesPerThread = uint64_t{1} << 16;
-constexpr size_t kMinUpdatesPerThread = size_t{1} << 14;
 
 uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
 
@@ -114,14 +113,13 @@ inline void queue_once(double* level, uint64_t node, std::vector<uint64_t>* dirt
   }
 }
 
-// Writes the updates whose index lies in [lo, hi), in batch order (so the last of duplicate
-// indices wins), saving each overwritten value in old[i]. The level-1 entry above a leaf is
-// recomputed right after the write, while the leaf's line is still in L1: recomputing it
-// later, after the whole batch, would miss on that line a second time. Level-2 entries are
-// queued in `dirty`.
+// Writes the updates in batch order (so the last of duplicate indices wins), logging each
+// overwritten value in `undo`. The level-1 entry above a leaf is recomputed right after the
+// write, while the leaf's line is still in L1: recomputing it later, after the whole batch,
+// would miss on that line a second time. Level-2 entries are queued in `dirty`.
 template <class I, class T>
-void SumTree::write_leaves(const I* idx, const T* weights, size_t count, uint64_t lo,
-                           uint64_t hi, double* old, std::vector<uint64_t>* dirty) {
+void SumTree::write_leaves(const I* idx, const T* weights, size_t count,
+                           std::vector<Undo>* undo, std::vector<uint64_t>* dirty) {
   double* leaves = levels_[0].data();
   double* level1 = levels_.size() > 1 ? levels_[1].data() : nullptr;
   double* level2 = levels_.size() > 2 ? levels_[2].data() : nullptr;
@@ -133,8 +131,7 @@ void SumTree::write_leaves(const I* idx, const T* weights, size_t count, uint64_
       if (level1 != nullptr) __builtin_prefetch(level1 + ahead / kFanout, 1);
     }
     const uint64_t leaf = static_cast<uint64_t>(idx[i]);
-    if (leaf < lo || leaf >= hi) continue;
-    old[i] = leaves[leaf];
+    undo->push_back(Undo{leaf, leaves[leaf]});
     leaves[leaf] = static_cast<double>(weights[i]) + 0.0;
     if (level1 == nullptr) continue;
     const uint64_t node = leaf / kFanout;
@@ -144,24 +141,21 @@ void SumTree::write_leaves(const I* idx, const T* weights, size_t count, uint64_
 }
 
 // Recomputes the queued entries of first_level, then their parents, up to last_level
-// (inclusive), touching only entries above leaves [lo, hi); on return `dirty` holds the
-// queued entries of last_level + 1. Once the queue is a large share of the entries in
-// range, one sequential sweep of them is cheaper than random visits.
-void SumTree::recompute_dirty(size_t first_level, size_t last_level, uint64_t lo, uint64_t hi,
+// (inclusive). Once the queue is a large share of a level, one sequential sweep of the
+// level is cheaper than random visits.
+void SumTree::recompute_dirty(size_t first_level, size_t last_level,
                               std::vector<uint64_t>* dirty) {
   std::vector<uint64_t> next;
   constexpr size_t kAhead = 8;
   for (size_t level = first_level; level <= last_level; ++level) {
-    const uint64_t span = uint64_t{1} << (3 * level);  // leaves under one entry of `level`
-    const uint64_t first = lo / span;
-    const uint64_t last = std::min((hi + span - 1) / span, levels_[level - 1].size() / kFanout);
+    const uint64_t nodes = levels_[level - 1].size() / kFanout;
     const bool has_parent = level + 1 < levels_.size();
     double* parent = has_parent ? levels_[level + 1].data() : nullptr;
     next.clear();
-    if (dirty->size() * 4 >= last - first) {
-      recompute_level(level, first, last);
+    if (dirty->size() * 4 >= nodes) {
+      recompute_level(level, 0, nodes);
       if (has_parent) {
-        for (uint64_t j = first; j < last; j += kFanout) queue_once(parent, j / kFanout, &next);
+        for (uint64_t j = 0; j < nodes; j += kFanout) queue_once(parent, j / kFanout, &next);
       }
     } else {
       const double* child = levels_[level - 1].data();
@@ -177,44 +171,23 @@ void SumTree::recompute_dirty(size_t first_level, size_t last_level, uint64_t lo
   }
 }
 
+// Single-threaded: splitting a batch across two threads by owned subtrees measured 2x
+// slower than one thread on this 2-core machine (see the README's benchmark notes).
 template <class I, class T>
 void SumTree::update(const I* idx, const T* weights, size_t count) {
   if (count == 0) return;
-  // Old values, kept so that an overflowing batch can be undone exactly.
-  std::vector<double> old(count);
+  std::vector<Undo> undo;  // overwritten values, so an overflowing batch can be undone
+  undo.reserve(count);
+  std::vector<uint64_t> dirty;
+  dirty.reserve(count);
+  write_leaves(idx, weights, count, &undo, &dirty);
   const size_t top = levels_.size() - 1;
-  // Threads own contiguous leaf ranges aligned to whole subtrees of height kOwnedLevels,
-  // so levels up to kOwnedLevels - 1 are written by one thread each; the few entries above
-  // are recomputed by the calling thread afterwards. Every thread scans the whole batch in
-  // order and applies only its own indices, which keeps last-write-wins.
-  constexpr size_t kOwnedLevels = 5;
-  const size_t owned_top = std::min(top, kOwnedLevels - 1);
-  const uint64_t subtree = uint64_t{1} << (3 * (owned_top + 1));
-  const uint64_t subtrees = (n_ + subtree - 1) / subtree;
-  const bool parallel = count >= kMinUpdatesPerThread && owned_top + 1 <= top;
-  std::vector<std::vector<uint64_t>> queues(parallel ? static_cast<size_t>(get_num_threads()) : 1);
-  std::vector<uint64_t> carried;
-  auto apply = [&](uint64_t first_subtree, uint64_t last_subtree, std::vector<uint64_t>* queue) {
-    const uint64_t lo = first_subtree * subtree;
-    const uint64_t hi = std::min(n_, last_subtree * subtree);
-    queue->reserve(count);
-    write_leaves(idx, weights, count, lo, hi, old.data(), queue);
-    if (top >= 2) recompute_dirty(2, owned_top, lo, hi, queue);
-  };
-  if (parallel) {
-    parallel_for_indexed(subtrees, 1, 1, [&](uint64_t t, uint64_t begin, uint64_t end) {
-      apply(begin, end, &queues[t]);
-    });
-    for (auto& q : queues) carried.insert(carried.end(), q.begin(), q.end());
-  } else {
-    apply(0, subtrees, &carried);
-  }
-  if (owned_top + 1 <= top) recompute_dirty(owned_top + 1, top, 0, n_, &carried);
+  if (top >= 2) recompute_dirty(2, top, &dirty);
   total_ = line_sum(levels_.back().data());
   if (std::isfinite(total_)) return;
-  // Undo: restore the leaves newest-first, then recompute everything above them.
+  // Undo newest-first, then recompute everything above the leaves.
   double* leaves = levels_[0].data();
-  for (size_t i = count; i-- > 0;) leaves[static_cast<uint64_t>(idx[i])] = old[i];
+  for (size_t i = undo.size(); i-- > 0;) leaves[undo[i].leaf] = undo[i].old;
   recompute_all();
   throw std::overflow_error(
       "the total weight would overflow float64 (inf); the update was not applied");

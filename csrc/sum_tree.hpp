@@ -33,7 +33,7 @@ class SumTree {
   SumTree(const T* w, uint64_t n);
 
   // Sets w[idx[i]] = weights[i] for i in order (so the last of duplicate indices wins) and
-  // recomputes each dirty ancestor once. Inputs are checked first; if the new total would
+  // recomputes each dirty ancestor once (single-threaded). Inputs are checked first; if the new total would
   // overflow to inf the tree is restored and std::overflow_error is thrown.
   template <class I, class T>
   void update(const I* idx, const T* weights, size_t count);
@@ -52,11 +52,14 @@ class SumTree {
   void allocate_levels();
   void recompute_all();
   void recompute_level(size_t level, uint64_t begin, uint64_t end);
-  void recompute_dirty(size_t first_level, size_t last_level, uint64_t lo, uint64_t hi,
-                       std::vector<uint64_t>* dirty);
+  void recompute_dirty(size_t first_level, size_t last_level, std::vector<uint64_t>* dirty);
+  struct Undo {
+    uint64_t leaf;
+    double old;
+  };
   template <class I, class T>
-  void write_leaves(const I* idx, const T* weights, size_t count, uint64_t lo, uint64_t hi,
-                    double* old, std::vector<uint64_t>* dirty);
+  void write_leaves(const I* idx, const T* weights, size_t count, std::vector<Undo>* undo,
+                    std::vector<uint64_t>* dirty);
   void sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
                     double* prob_out) const;
 
