@@ -96,12 +96,11 @@ def measure(
     """Median wall time of fn(prepare()) over adaptive repeats after one warm-up call.
 
     prepare() runs outside the timed region (fresh inputs per repeat); the garbage collector
-    is paused inside it.
+    is paused while fn runs. Raises Skipped when the warm-up call exceeds budget.max_call_s.
     """
 
     def once() -> tuple[float, Any]:
         arg = prepare()
-        gc.collect()
         gc.disable()
         try:
             t0 = time.perf_counter()
@@ -111,6 +110,7 @@ def measure(
             gc.enable()
         return elapsed, out
 
+    gc.collect()
     warm, out = once()
     if warm > budget.max_call_s:
         raise Skipped(f"skipped (one call {warm:.1f} s > {budget.max_call_s:g} s)")
@@ -313,6 +313,11 @@ def first_line(exc: BaseException) -> str:
 
 
 def load_fastis() -> tuple[ModuleType | None, str]:
+    """The installed fastis, else the one in this checkout (imported lazily: it may not build)."""
+    try:
+        import fastis
+    except ImportError:
+        sys.path.append(str(REPO))
     try:
         import fastis
 
@@ -344,9 +349,8 @@ def make_methods(
     methods: list[Method | Unavailable] = []
     if with_fastis:
         fastis, err = load_fastis()
-        for make in (_fastis_alias, _fastis_sum_tree):
+        for make, name in ((_fastis_alias, "AliasTable"), (_fastis_sum_tree, "SumTree")):
             for t in threads:
-                name = make.__name__.replace("_fastis_", "")
                 methods.append(
                     make(fastis, t) if fastis else Unavailable(f"fastis.{name} ({t} thr)", err)
                 )
@@ -507,7 +511,10 @@ def step_inputs(n: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     return make
 
 
-def run_size(n: int, methods: list[Method | Unavailable], runner: Runner, fastis: Any) -> list[Row]:
+def run_size(
+    n: int, methods: list[Method | Unavailable], runner: Runner, fastis: Any
+) -> tuple[list[Row], float]:
+    """All methods at one n; also returns the IS check's 2-sigma tolerance for these weights."""
     w = np.random.default_rng(WEIGHT_SEED).lognormal(0.0, 1.0, n)
     total = float(w.sum())
     rows = []
@@ -521,7 +528,7 @@ def run_size(n: int, methods: list[Method | Unavailable], runner: Runner, fastis
             gc.collect()  # free this method's structure before the next one is built
         rows.append(row)
         log(f"  n={fmt_n(n)} {method.key:<34} {time.perf_counter() - t0:6.1f} s")
-    return rows
+    return rows, is_tolerance(w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,10 +564,11 @@ def draw_cell(row: Row) -> str:
 
 
 def is_cell(row: Row, tol: float) -> str:
+    """IS mean and its deviation in standard errors (tol is 2 sigma); BIASED beyond 4 sigma."""
     if not isinstance(row.is_mean, float):
         return row.is_mean
-    mark = "ok" if abs(row.is_mean - 1.0) <= tol else "BIASED"
-    return f"{row.is_mean:.4f} {mark}"
+    z = (row.is_mean - 1.0) / (tol / 2.0)
+    return f"{row.is_mean:.4f} ({z:+.1f}s){' BIASED' if abs(z) > 4.0 else ''}"
 
 
 TABLE_HEADERS = [
@@ -795,9 +803,35 @@ def environment(argv: list[str], fastis: Any, fastis_err: str, trl_err: str) -> 
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "torchrl": _torchrl_version(trl_err),
-        "fastis": getattr(fastis, "__version__", "importable") if fastis else f"n/a ({fastis_err})",
+        "fastis": _fastis_version(fastis, fastis_err),
         "git": f"{head} ({dirty})",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "CPU busy": cpu_busy(),
     }
+
+
+def _fastis_version(fastis: ModuleType | None, err: str) -> str:
+    if fastis is None:
+        return f"n/a ({err})"
+    where = Path(fastis.__file__).resolve().parent
+    return f"{getattr(fastis, '__version__', '?')} from {where}"
+
+
+def cpu_busy(interval: float = 0.5) -> str:
+    """Share of the CPUs busy (any process) over a short interval: timings need an idle box."""
+
+    def ticks() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = ticks()
+        time.sleep(interval)
+        total1, idle1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return "unknown"
+    busy = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+    return f"{100 * busy:.0f}% over {interval:g} s before the run"
 
 
 def _cpu_count() -> int:
@@ -824,7 +858,7 @@ def report(
     md += [f"- **{k}**: `{v}`" if k == "command" else f"- **{k}**: {v}" for k, v in env.items()]
     for n in sizes:
         cells = table_rows([r for r in rows if r.n == n], by_key, tols[n])
-        title = f"n = {fmt_n(n)}  (IS must be within 1 +- {tols[n]:.4f})"
+        title = f"n = {fmt_n(n)}  (IS: 1 +- {tols[n]:.4f} at 2 sigma; s = sigma)"
         text += ["", title, render_text(TABLE_HEADERS, cells)]
         md += ["", f"## {title}", "", render_md(TABLE_HEADERS, cells)]
     headers, cells = ratio_table(results, sizes)
@@ -887,6 +921,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     group.add_argument("--only-fastis", action="store_true", help="skip the baselines")
     p.add_argument("--threads", default="1,2", help="fastis thread counts, one row each")
     p.add_argument(
+        "--methods",
+        help="comma-separated substrings; run only the methods whose name contains one "
+        "(case-insensitive), e.g. 'alias,torchrl'",
+    )
+    p.add_argument(
         "--max-call-s",
         type=float,
         default=5.0,
@@ -912,6 +951,9 @@ def main(argv: list[str]) -> int:
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     threads = [int(t) for t in args.threads.split(",")]
     methods = make_methods(not args.only_baselines, not args.only_fastis, threads)
+    if args.methods:
+        wanted = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+        methods = [m for m in methods if any(w in m.key.lower() for w in wanted)]
     fastis, fastis_err = load_fastis() if not args.only_baselines else (None, "not requested")
     _, trl_err = load_torchrl()
     if fastis_err and not args.only_baselines:
@@ -921,12 +963,15 @@ def main(argv: list[str]) -> int:
     budget = budgets(args.quick, args.max_call_s)
     runner = Runner(budget, args.draw_small_calls or budget["draw1024_us"].max_repeats)
     env = environment(["benchmarks/bench_sampler.py", *argv], fastis, fastis_err, trl_err)
+    gc.collect()
+    gc.freeze()  # module objects to the permanent generation: collections stay cheap
 
     rows, tols, t_start = [], {}, time.perf_counter()
     for n in sizes:
-        tols[n] = is_tolerance(np.random.default_rng(WEIGHT_SEED).lognormal(0.0, 1.0, n))
-        rows += run_size(n, methods, runner, fastis)
+        size_rows, tols[n] = run_size(n, methods, runner, fastis)
+        rows += size_rows
     env["wall time"] = f"{time.perf_counter() - t_start:.0f} s"
+    env["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if fastis is not None:
         fastis.set_num_threads(max(threads))
 

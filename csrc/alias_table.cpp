@@ -54,9 +54,17 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
   *table = LargeBuffer<Entry>(n_);
   Entry* t = table->data();
   const double* w = weights_.data();
-  const double scale = static_cast<double>(n_) / total_;
+  // units(k) = n * w_k / total. A power-of-two prescale (exact, even for subnormal weights)
+  // keeps n / total from overflowing when the total is tiny: an inf scale would turn zero
+  // weights into NaN units, which count as neither light nor heavy.
+  // The prescale is split in two factors so that each stays finite (a subnormal total
+  // needs up to 2^1074).
+  const int shift = -std::ilogb(total_);
+  const double pre_a = std::ldexp(1.0, shift / 2);
+  const double pre_b = std::ldexp(1.0, shift - shift / 2);
+  const double scale = static_cast<double>(n_) / ((total_ * pre_a) * pre_b);
   const uint64_t n = n_;
-  auto units = [&](uint64_t k) { return w[k] * scale; };
+  auto units = [&](uint64_t k) { return ((w[k] * pre_a) * pre_b) * scale; };
   auto next_light = [&](uint64_t k) {
     while (k < n && units(k) >= 1.0) ++k;
     return k;

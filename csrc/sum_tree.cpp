@@ -65,10 +65,10 @@ SumTree::SumTree(uint64_t n) : n_(n) { allocate_levels(); }
 template <class T>
 SumTree::SumTree(const T* w, uint64_t n) : n_(n) {
   allocate_levels();
-  if (!std::isfinite(ingest(w, n, levels_[0].data()))) {
-    throw std::overflow_error("the total weight overflows float64 (inf)");
-  }
+  ingest(w, n, levels_[0].data());
   recompute_all();
+  // The tree's own total (its summation order differs from ingest's) is what draws use.
+  if (!std::isfinite(total_)) throw std::overflow_error("the total weight overflows float64 (inf)");
 }
 
 void SumTree::allocate_levels() {
@@ -196,6 +196,12 @@ void SumTree::update(const I* idx, const T* weights, size_t count) {
 void SumTree::sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
                            double* prob_out) const {
   const double total = total_;
+  // A subnormal total is a whole number of units of 2^-1074, and so is every weight: u is
+  // then drawn as a whole number of units, which keeps the descent exact (U * total would be
+  // rounded to the unit grid and skew the odds).
+  constexpr double kUnit = std::numeric_limits<double>::denorm_min();
+  const bool subnormal_total = total < std::numeric_limits<double>::min();
+  const double total_units = total / kUnit;
   const int top = static_cast<int>(levels_.size()) - 1;
   double u[kLanes];
   uint64_t node[kLanes];
@@ -206,7 +212,8 @@ void SumTree::sample_range(uint64_t first_block, uint64_t begin, uint64_t end, i
     for (uint64_t g = 0; g < lanes; g += 4) {
       const PhiloxBlock r = philox4x64(first_block + (base + g) / 4, rng_.seed);
       for (uint64_t w = 0; w < 4 && g + w < lanes; ++w) {
-        u[g + w] = unit_interval(r.word[w]) * total;
+        const double fraction = unit_interval(r.word[w]);
+        u[g + w] = subnormal_total ? std::floor(fraction * total_units) * kUnit : fraction * total;
         node[g + w] = 0;
       }
     }

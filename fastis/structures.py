@@ -117,9 +117,9 @@ class _WeightedIndex:
             raise ValueError(
                 f"state_dict holds {len(weights)} weights; this {cls.__name__} has {expected_size}"
             )
-        seed, counter = as_seed(state["seed"]), as_count(state["counter"], "counter")
-        if counter >= 2**64:
-            raise ValueError(f"counter must be below 2**64, got {counter}")
+        seed, counter = as_count(state["seed"], "seed"), as_count(state["counter"], "counter")
+        if seed >= 2**64 or counter >= 2**64:
+            raise ValueError(f"seed and counter must be below 2**64, got {seed} and {counter}")
         core = cls._build.from_weights(weights)
         core.seed, core.counter = seed, counter
         return core
@@ -157,7 +157,9 @@ class SumTree(_WeightedIndex):
         Checked first: a bad index or weight raises and changes nothing."""
         idx = as_indices(indices)
         if np.ndim(weights) == 0 and not isinstance(weights, (str, bytes)):
-            weights = np.full(len(idx), weights, dtype=np.float64)
+            # Checked as a 1-element array (dtype, device), then repeated.
+            one = as_weights(weights.reshape(1) if isinstance(weights, torch.Tensor) else [weights])
+            weights = np.full(len(idx), one[0], dtype=one.dtype)
         self._core.update(idx, as_weights(weights))
 
 
