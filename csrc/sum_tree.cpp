@@ -140,14 +140,13 @@ void SumTree::write_leaves(const I* idx, const T* weights, size_t count,
   }
 }
 
-// Recomputes the queued entries of first_level, then their parents, up to last_level
-// (inclusive). Once the queue is a large share of a level, one sequential sweep of the
-// level is cheaper than random visits.
-void SumTree::recompute_dirty(size_t first_level, size_t last_level,
-                              std::vector<uint64_t>* dirty) {
+// Recomputes the queued level-2 entries, then their queued parents, up to the top. Once
+// the queue is a large share of a level, one sequential sweep of the level is cheaper than
+// random visits.
+void SumTree::recompute_dirty(std::vector<uint64_t>* dirty) {
   std::vector<uint64_t> next;
   constexpr size_t kAhead = 8;
-  for (size_t level = first_level; level <= last_level; ++level) {
+  for (size_t level = 2; level < levels_.size(); ++level) {
     const uint64_t nodes = levels_[level - 1].size() / kFanout;
     const bool has_parent = level + 1 < levels_.size();
     double* parent = has_parent ? levels_[level + 1].data() : nullptr;
@@ -181,8 +180,7 @@ void SumTree::update(const I* idx, const T* weights, size_t count) {
   std::vector<uint64_t> dirty;
   dirty.reserve(count);
   write_leaves(idx, weights, count, &undo, &dirty);
-  const size_t top = levels_.size() - 1;
-  if (top >= 2) recompute_dirty(2, top, &dirty);
+  recompute_dirty(&dirty);
   total_ = line_sum(levels_.back().data());
   if (std::isfinite(total_)) return;
   // Undo newest-first, then recompute everything above the leaves.

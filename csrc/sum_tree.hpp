@@ -52,7 +52,7 @@ class SumTree {
   void allocate_levels();
   void recompute_all();
   void recompute_level(size_t level, uint64_t begin, uint64_t end);
-  void recompute_dirty(size_t first_level, size_t last_level, std::vector<uint64_t>* dirty);
+  void recompute_dirty(std::vector<uint64_t>* dirty);
   struct Undo {
     uint64_t leaf;
     double old;

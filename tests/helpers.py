@@ -246,3 +246,17 @@ def replay(structure, weights, seed: int, counter: int, count: int) -> np.ndarra
         return replay_sum_tree(weights, seed, counter, count)
     assert np.all(np.asarray(weights) == weights[0]), "alias replay needs equal weights"
     return replay_alias_uniform(len(weights), seed, counter, count)
+
+
+def assert_matches_reference(obj, ref: np.ndarray, exact: float, draws: int) -> None:
+    """Total, probabilities and drawn (index, probability) pairs of `obj` against the float64
+    weights `ref` whose exact sum is `exact`; no draw may land on a zero weight."""
+    assert math.isclose(obj.total, exact, rel_tol=1e-12)
+    prob = obj.probabilities(np.arange(len(ref))).numpy()
+    assert np.array_equal(prob, ref / obj.total)
+    assert np.allclose(prob, ref / exact, rtol=1e-12, atol=1e-323)
+    idx, p = obj.sample(draws, with_probabilities=True)
+    idx = idx.numpy()
+    assert idx.min() >= 0 and idx.max() < len(ref)
+    assert np.all(ref[idx] > 0), "a draw landed on a zero weight"
+    assert np.array_equal(p.numpy(), ref[idx] / obj.total)

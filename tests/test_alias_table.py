@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import assert_matches_reference
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -40,15 +41,7 @@ def test_construction_matches_numpy_reference(weights, seed):
     table = AliasTable(ref, seed=seed)
     assert len(table) == len(ref)
     assert np.array_equal(table.weights().numpy(), ref)
-    assert math.isclose(table.total, exact, rel_tol=1e-12)
-    prob = table.probabilities(np.arange(len(ref))).numpy()
-    assert np.array_equal(prob, ref / table.total)
-    assert np.allclose(prob, ref / exact, rtol=1e-12, atol=1e-323)
-    idx, p = table.sample(300, with_probabilities=True)
-    idx = idx.numpy()
-    assert idx.min() >= 0 and idx.max() < len(ref)
-    assert np.all(ref[idx] > 0), "a draw landed on a zero weight"
-    assert np.array_equal(p.numpy(), ref[idx] / table.total)
+    assert_matches_reference(table, ref, exact, draws=300)
     # The same weights in a SumTree: the same weights and (to rounding) probabilities.
     tree = SumTree(ref, seed=seed)
     assert np.array_equal(tree.weights().numpy(), table.weights().numpy())

@@ -10,7 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_structure, last_write_wins, last_write_wins_fast, seed_of
+from helpers import (
+    assert_matches_reference,
+    assert_same_structure,
+    last_write_wins,
+    last_write_wins_fast,
+    seed_of,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -204,14 +210,7 @@ def check_against_reference(tree: SumTree, ref: np.ndarray) -> None:
         with pytest.raises(ValueError, match="zero"):
             tree.sample(1)
         return
-    assert math.isclose(tree.total, exact, rel_tol=1e-12)
-    prob = tree.probabilities(np.arange(len(ref))).numpy()
-    assert np.array_equal(prob, ref / tree.total)
-    assert np.allclose(prob, ref / exact, rtol=1e-12, atol=1e-323)
-    idx, p = tree.sample(64, with_probabilities=True)
-    idx = idx.numpy()
-    assert np.all(ref[idx] > 0), "a draw landed on a zero weight"
-    assert np.array_equal(p.numpy(), ref[idx] / tree.total)
+    assert_matches_reference(tree, ref, exact, draws=64)
 
 
 @settings(max_examples=80, deadline=None)
