@@ -5,7 +5,13 @@ import os
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
-SOURCES = ["csrc/bindings.cpp", "csrc/sum_tree.cpp", "csrc/alias_table.cpp", "csrc/parallel.cpp"]
+SOURCES = [
+    "csrc/bindings.cpp",
+    "csrc/sum_tree.cpp",
+    "csrc/alias_table.cpp",
+    "csrc/parallel.cpp",
+    "csrc/simd.cpp",
+]
 
 # Portable by default; FASTIS_NATIVE=1 tunes the build for the CPU it runs on.
 extra = ["-O3", "-fno-math-errno"]

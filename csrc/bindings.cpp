@@ -20,6 +20,7 @@
 #include "alias_table.hpp"
 #include "parallel.hpp"
 #include "rng.hpp"
+#include "simd.hpp"
 #include "sum_tree.hpp"
 #include "validate.hpp"
 
@@ -199,6 +200,17 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("threads"));
+  m.def(
+      "_set_avx512",
+      [](bool enabled) {
+        py::gil_scoped_release no_gil;
+        return set_simd_enabled(Simd::kAvx512, enabled);
+      },
+      py::arg("enabled"),
+      "Allows (True) or forbids the AVX-512 code paths; returns the previous setting. For tests.");
+  m.def(
+      "_avx512_active", [] { return simd_enabled(Simd::kAvx512); },
+      "Whether the AVX-512 code paths run (CPU support and not forbidden).");
   m.def(
       "philox4x64",
       [](uint64_t block, uint64_t seed) {

@@ -44,16 +44,20 @@ double ingest_chunk(const T* w, uint64_t begin, uint64_t end, double* dst, unsig
 }
 
 // Copies all n weights into dst in parallel; throws std::invalid_argument naming the first
-// invalid weight; returns the total (summed in fixed chunks).
-template <class T>
-double ingest(const T* w, uint64_t n, double* dst) {
+// invalid weight; returns the total (summed in fixed chunks). after_chunk(begin, end) runs
+// on each chunk of dst right after it is written, while it is still in cache (a chunk is
+// 512 KiB of float64, and kIngestChunk is a multiple of 8, so chunks hold whole lines).
+template <class T, class AfterChunk>
+double ingest(const T* w, uint64_t n, double* dst, AfterChunk&& after_chunk) {
   const uint64_t chunks = (n + kIngestChunk - 1) / kIngestChunk;
   std::vector<double> partial(chunks);
   std::vector<unsigned> bad(chunks, 0);
-  parallel_for(chunks, 1, 16, [&](uint64_t begin, uint64_t end) {
+  parallel_for(chunks, 1, 4, [&](uint64_t begin, uint64_t end) {
     for (uint64_t c = begin; c < end; ++c) {
-      const uint64_t stop = std::min(n, (c + 1) * kIngestChunk);
-      partial[c] = ingest_chunk(w, c * kIngestChunk, stop, dst, &bad[c]);
+      const uint64_t first = c * kIngestChunk;
+      const uint64_t stop = std::min(n, first + kIngestChunk);
+      partial[c] = ingest_chunk(w, first, stop, dst, &bad[c]);
+      after_chunk(first, stop);
     }
   });
   for (unsigned b : bad) {
@@ -62,6 +66,11 @@ double ingest(const T* w, uint64_t n, double* dst) {
   double total = 0.0;
   for (double p : partial) total += p;
   return total;
+}
+
+template <class T>
+double ingest(const T* w, uint64_t n, double* dst) {
+  return ingest(w, n, dst, [](uint64_t, uint64_t) {});
 }
 
 }  // namespace fastis

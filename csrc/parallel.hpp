@@ -1,49 +1,54 @@
-// A minimal fork-join helper. Results never depend on the thread count: callers split work
-// on boundaries that the computation itself defines (RNG blocks, fixed-size chunks).
+// Fork-join over a persistent pool of worker threads. Results never depend on the thread
+// count or on which thread runs which piece: callers split work on boundaries that the
+// computation itself defines (RNG blocks, fixed-size chunks), and every piece writes only
+// its own part of the output.
+//
+// Why a persistent pool: starting a std::thread costs 20-50 us, more than a whole draw of
+// 1,024 indices, so per-call threads only paid off for huge calls. Pool workers instead
+// spin briefly after each job (kSpinMicroseconds, as OpenMP runtimes do) and then sleep;
+// back-to-back calls, as in a training loop, find them awake. Pieces are claimed one at a
+// time from a shared counter, so the calling thread never waits for a sleeping worker to
+// wake: if the worker is late, the caller simply runs more pieces itself.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <exception>
-#include <thread>
-#include <vector>
 
 namespace fastis {
 
-// Threads used by large calls; set from Python with fastis.set_num_threads().
+// Threads used by large calls (the caller plus get_num_threads() - 1 pool workers); set
+// from Python with fastis.set_num_threads().
 int get_num_threads();
 void set_num_threads(int threads);
 
-// Calls fn(begin, end) on contiguous pieces of [0, total) whose boundaries are multiples of
-// `align`, one piece per thread. Work below `min_per_thread` items per thread stays on the
-// calling thread: starting a thread costs ~20-50 us.
+namespace detail {
+
+using PieceFn = void (*)(void* context, uint64_t begin, uint64_t end);
+
+// Runs fn(context, begin, end) over [0, total) in pieces of `piece` items (the last may be
+// shorter), on the pool and the calling thread. Rethrows the first exception of any piece.
+void run_on_pool(uint64_t total, uint64_t piece, PieceFn fn, void* context);
+
+}  // namespace detail
+
+// Calls fn(begin, end) on pieces that cover [0, total), with boundaries at multiples of
+// `align`, in parallel when there are at least 2 * min_per_thread items; otherwise in one
+// call on the calling thread.
 template <class Fn>
 void parallel_for(uint64_t total, uint64_t align, uint64_t min_per_thread, Fn&& fn) {
-  const uint64_t by_size = std::max<uint64_t>(1, total / std::max<uint64_t>(1, min_per_thread));
-  const uint64_t threads = std::min<uint64_t>(static_cast<uint64_t>(get_num_threads()), by_size);
-  if (threads <= 1) {
-    fn(uint64_t{0}, total);
+  const uint64_t threads = static_cast<uint64_t>(get_num_threads());
+  if (threads <= 1 || total < 2 * std::max<uint64_t>(1, min_per_thread)) {
+    if (total > 0) fn(uint64_t{0}, total);
     return;
   }
-  const uint64_t units = (total + align - 1) / align;
-  std::vector<std::thread> workers;
-  std::vector<std::exception_ptr> errors(threads);
-  auto piece = [&](uint64_t t) {
-    const uint64_t begin = std::min(total, units * t / threads * align);
-    const uint64_t end = std::min(total, units * (t + 1) / threads * align);
-    try {
-      if (begin < end) fn(begin, end);
-    } catch (...) {
-      errors[t] = std::current_exception();
-    }
+  // About eight pieces per thread balance the load when the threads run at different
+  // speeds, while each piece still holds at least min_per_thread / 4 items.
+  const uint64_t target = std::max<uint64_t>(total / (threads * 8), min_per_thread / 4);
+  const uint64_t piece = std::max<uint64_t>(1, (target + align - 1) / align) * align;
+  auto call = [](void* context, uint64_t begin, uint64_t end) {
+    (*static_cast<Fn*>(context))(begin, end);
   };
-  workers.reserve(threads - 1);
-  for (uint64_t t = 1; t < threads; ++t) workers.emplace_back(piece, t);
-  piece(0);
-  for (auto& w : workers) w.join();
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
+  detail::run_on_pool(total, piece, call, &fn);
 }
 
 }  // namespace fastis

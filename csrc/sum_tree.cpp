@@ -8,6 +8,7 @@
 
 #include "ingest.hpp"
 #include "parallel.hpp"
+#include "simd.hpp"
 
 namespace fastis {
 
@@ -17,7 +18,8 @@ constexpr uint64_t kFanout = 8;
 // Descents in flight per thread: enough independent work to hide a DRAM miss (~100 ns)
 // behind the other lanes' compare/select work.
 constexpr uint64_t kLanes = 32;
-constexpr uint64_t kMinDrawsPerThread = uint64_t{1} << 15;
+// A piece of 256 draws is ~5 us of work, well above the pool's hand-off cost (~1 us).
+constexpr uint64_t kMinDrawsPerThread = 256;
 constexpr uint64_t kMinNodesPerThread = uint64_t{1} << 16;
 
 uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
@@ -65,8 +67,13 @@ SumTree::SumTree(uint64_t n) : n_(n) { allocate_levels(); }
 template <class T>
 SumTree::SumTree(const T* w, uint64_t n) : n_(n) {
   allocate_levels();
-  ingest(w, n, levels_[0].data());
-  recompute_all();
+  // Level 1 is summed chunk by chunk right behind the copy, while the leaves are in cache,
+  // instead of in a second pass over all of them.
+  const bool has_level1 = levels_.size() > 1;
+  ingest(w, n, levels_[0].data(), [&](uint64_t begin, uint64_t end) {
+    if (has_level1) recompute_level(1, begin / kFanout, (end + kFanout - 1) / kFanout);
+  });
+  recompute_above(1);
   // The tree's own total (its summation order differs from ingest's) is what draws use.
   if (!std::isfinite(total_)) throw std::overflow_error("the total weight overflows float64 (inf)");
 }
@@ -93,8 +100,10 @@ void SumTree::recompute_level(size_t level, uint64_t begin, uint64_t end) {
   for (uint64_t j = begin; j < end; ++j) parent[j] = line_sum(child + j * kFanout);
 }
 
-void SumTree::recompute_all() {
-  for (size_t level = 1; level < levels_.size(); ++level) {
+void SumTree::recompute_all() { recompute_above(0); }
+
+void SumTree::recompute_above(size_t computed) {
+  for (size_t level = computed + 1; level < levels_.size(); ++level) {
     const uint64_t nodes = levels_[level - 1].size() / kFanout;
     parallel_for(nodes, 512, kMinNodesPerThread, [&](uint64_t begin, uint64_t end) {
       recompute_level(level, begin, end);
@@ -191,30 +200,35 @@ void SumTree::update(const I* idx, const T* weights, size_t count) {
       "the total weight would overflow float64 (inf); the update was not applied");
 }
 
-void SumTree::sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
-                           double* prob_out) const {
-  const double total = total_;
-  // A subnormal total is a whole number of units of 2^-1074, and so is every weight: u is
-  // then drawn as a whole number of units, which keeps the descent exact (U * total would be
-  // rounded to the unit grid and skew the odds).
+// Fills u[0, lanes) with the uniform targets of draws base .. base + lanes - 1 (base is a
+// multiple of 4: lane g uses word (base + g) % 4 of block first_block + (base + g) / 4).
+// A subnormal total is a whole number of units of 2^-1074, and so is every weight: u is then
+// drawn as a whole number of units, which keeps the descent exact (U * total would be
+// rounded to the unit grid and skew the odds).
+inline void draw_targets(const RngState& rng, uint64_t first_block, uint64_t base,
+                         uint64_t lanes, double total, double* u) {
   constexpr double kUnit = std::numeric_limits<double>::denorm_min();
   const bool subnormal_total = total < std::numeric_limits<double>::min();
   const double total_units = total / kUnit;
+  for (uint64_t g = 0; g < lanes; g += 4) {
+    const PhiloxBlock r = philox4x64(first_block + (base + g) / 4, rng.seed);
+    for (uint64_t w = 0; w < 4 && g + w < lanes; ++w) {
+      const double fraction = unit_interval(r.word[w]);
+      u[g + w] = subnormal_total ? std::floor(fraction * total_units) * kUnit : fraction * total;
+    }
+  }
+}
+
+void SumTree::sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
+                           double* prob_out) const {
   const int top = static_cast<int>(levels_.size()) - 1;
   double u[kLanes];
   uint64_t node[kLanes];
   double leaf_weight[kLanes];
   for (uint64_t base = begin; base < end; base += kLanes) {
     const uint64_t lanes = std::min(kLanes, end - base);
-    // begin is a multiple of 4, so lane g uses word (base + g) % 4 of block (base + g) / 4.
-    for (uint64_t g = 0; g < lanes; g += 4) {
-      const PhiloxBlock r = philox4x64(first_block + (base + g) / 4, rng_.seed);
-      for (uint64_t w = 0; w < 4 && g + w < lanes; ++w) {
-        const double fraction = unit_interval(r.word[w]);
-        u[g + w] = subnormal_total ? std::floor(fraction * total_units) * kUnit : fraction * total;
-        node[g + w] = 0;
-      }
-    }
+    draw_targets(rng_, first_block, base, lanes, total_, u);
+    std::fill(node, node + lanes, uint64_t{0});
     for (int level = top; level >= 0; --level) {
       const double* entries = levels_[level].data();
       const double* below = level > 0 ? levels_[level - 1].data() : nullptr;
@@ -228,17 +242,97 @@ void SumTree::sample_range(uint64_t first_block, uint64_t begin, uint64_t end, i
     }
     for (uint64_t g = 0; g < lanes; ++g) out[base + g] = static_cast<int64_t>(node[g]);
     if (prob_out != nullptr) {
-      for (uint64_t g = 0; g < lanes; ++g) prob_out[base + g] = leaf_weight[g] / total;
+      for (uint64_t g = 0; g < lanes; ++g) prob_out[base + g] = leaf_weight[g] / total_;
     }
   }
 }
+
+#if FASTIS_HAVE_AVX512
+// The same descent, eight lanes per AVX-512 register, bit for bit: each lane's prefix sums are
+// still taken left to right (column c of the eight lines is added to the running sums in
+// order c = 0..7), and, prefix sums being non-decreasing, the last i with prefix[i] <= v is
+// the scalar count j, so blending prefix[i] under that mask selects prefix[j].
+__attribute__((target("avx512f,avx512dq"))) void SumTree::sample_range_avx512(
+    uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out, double* prob_out) const {
+  constexpr int kVectors = kLanes / 8;
+  const int top = static_cast<int>(levels_.size()) - 1;
+  alignas(64) double u_lanes[kLanes];
+  alignas(64) uint64_t next[kLanes];
+  for (uint64_t base = begin; base < end; base += kLanes) {
+    const uint64_t lanes = std::min(kLanes, end - base);
+    draw_targets(rng_, first_block, base, lanes, total_, u_lanes);
+    // Only the vectors that hold draws descend; spare lanes of the last one descend with
+    // u = 0 and are not stored.
+    const int vectors = static_cast<int>((lanes + 7) / 8);
+    std::fill(u_lanes + lanes, u_lanes + 8 * vectors, 0.0);
+    __m512d u[kVectors];
+    __m512i node[kVectors];
+    __m512d leaf_weight[kVectors];
+    for (int v = 0; v < vectors; ++v) {
+      u[v] = _mm512_load_pd(u_lanes + 8 * v);
+      node[v] = _mm512_setzero_si512();
+    }
+    for (int level = top; level >= 0; --level) {
+      const double* entries = levels_[level].data();
+      for (int v = 0; v < vectors; ++v) {
+        const __m512i first = _mm512_slli_epi64(node[v], 3);  // node * kFanout
+        __m512d column = _mm512_i64gather_pd(first, entries, 8);
+        __m512d running = column;
+        __m512d chosen_prefix = _mm512_setzero_pd();
+        __m512i j = _mm512_setzero_si512();
+        __m512d prefix[8];
+        prefix[1] = running;
+        for (int c = 1; c < 8; ++c) {
+          column = _mm512_i64gather_pd(_mm512_add_epi64(first, _mm512_set1_epi64(c)), entries, 8);
+          running = _mm512_add_pd(running, column);
+          if (c < 7) prefix[c + 1] = running;
+        }
+        // v = min(u, just_below(line sum)); the line sum is positive, so just_below is the
+        // bit pattern minus one.
+        const __m512d below_sum = _mm512_castsi512_pd(
+            _mm512_sub_epi64(_mm512_castpd_si512(running), _mm512_set1_epi64(1)));
+        const __m512d target = _mm512_min_pd(u[v], below_sum);
+        for (int i = 1; i < 8; ++i) {
+          const __mmask8 at_or_below = _mm512_cmp_pd_mask(prefix[i], target, _CMP_LE_OQ);
+          j = _mm512_mask_add_epi64(j, at_or_below, j, _mm512_set1_epi64(1));
+          chosen_prefix = _mm512_mask_blend_pd(at_or_below, chosen_prefix, prefix[i]);
+        }
+        u[v] = _mm512_sub_pd(target, chosen_prefix);
+        if (level == 0) {
+          leaf_weight[v] = _mm512_i64gather_pd(_mm512_add_epi64(first, j), entries, 8);
+        }
+        node[v] = _mm512_add_epi64(first, j);
+        if (level > 0) _mm512_store_si512(next + 8 * v, node[v]);
+      }
+      if (level > 0) {
+        const double* below = levels_[level - 1].data();
+        for (uint64_t g = 0; g < lanes; ++g) __builtin_prefetch(below + next[g] * kFanout);
+      }
+    }
+    alignas(64) int64_t idx[kLanes];
+    alignas(64) double weight[kLanes];
+    for (int v = 0; v < vectors; ++v) {
+      _mm512_store_si512(idx + 8 * v, node[v]);
+      _mm512_store_pd(weight + 8 * v, leaf_weight[v]);
+    }
+    std::copy(idx, idx + lanes, out + base);
+    if (prob_out != nullptr) {
+      for (uint64_t g = 0; g < lanes; ++g) prob_out[base + g] = weight[g] / total_;
+    }
+  }
+}
+#endif
 
 void SumTree::sample(uint64_t k, int64_t* out, double* prob_out) {
   if (!(total_ > 0.0)) {
     throw std::invalid_argument("cannot sample: all weights are zero (total = 0)");
   }
   const uint64_t first_block = rng_.reserve(k);
+  const bool vector = simd_enabled(Simd::kAvx512);
   parallel_for(k, kLanes, kMinDrawsPerThread, [&](uint64_t begin, uint64_t end) {
+#if FASTIS_HAVE_AVX512
+    if (vector) return sample_range_avx512(first_block, begin, end, out, prob_out);
+#endif
     sample_range(first_block, begin, end, out, prob_out);
   });
 }

@@ -51,6 +51,8 @@ class SumTree {
  private:
   void allocate_levels();
   void recompute_all();
+  // Recomputes levels computed + 1 .. top from level `computed` and the total.
+  void recompute_above(size_t computed);
   void recompute_level(size_t level, uint64_t begin, uint64_t end);
   void recompute_dirty(std::vector<uint64_t>* dirty);
   struct Undo {
@@ -62,6 +64,8 @@ class SumTree {
                     std::vector<uint64_t>* dirty);
   void sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
                     double* prob_out) const;
+  void sample_range_avx512(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
+                           double* prob_out) const;
 
   uint64_t n_;
   std::vector<LargeBuffer<double>> levels_;

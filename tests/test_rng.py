@@ -5,6 +5,7 @@ several Python threads."""
 from __future__ import annotations
 
 import math
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -131,25 +132,48 @@ def test_alias_table_exact_replay_two_items():
 
 
 @pytest.mark.parametrize("with_probabilities", [False, True])
-def test_same_indices_with_one_and_two_threads(structure, threads, with_probabilities):
+@pytest.mark.parametrize("k", [1, 1000, 4099, 300_000])
+def test_same_indices_whatever_the_thread_count(structure, threads, with_probabilities, k):
+    # k spans one call on the calling thread, a few pool pieces and many pieces.
     rng = np.random.default_rng(7)
     w = rng.lognormal(0.0, 1.5, 50_000)
     w[::7] = 0.0
     results = []
-    for count in (1, 2):
+    for count in (1, 2, 3, 5):
         threads(count)
         assert fastis.get_num_threads() == count
         obj = structure(w, seed=123456789)
-        obj.sample(5)  # start the big call at a nonzero counter
-        results.append(obj.sample(300_000, with_probabilities=with_probabilities))
-    if with_probabilities:
-        assert torch.equal(results[0][0], results[1][0])
-        assert torch.equal(results[0][1], results[1][1])
-        idx = results[0][0].numpy()
-    else:
-        assert torch.equal(results[0], results[1])
-        idx = results[0].numpy()
+        obj.sample(5)  # start the call under test at a nonzero counter
+        results.append(obj.sample(k, with_probabilities=with_probabilities))
+    for other in results[1:]:
+        if with_probabilities:
+            assert torch.equal(results[0][0], other[0])
+            assert torch.equal(results[0][1], other[1])
+        else:
+            assert torch.equal(results[0], other)
+    idx = (results[0][0] if with_probabilities else results[0]).numpy()
     assert np.all(w[idx] > 0)
+
+
+def _draw_in_child(structure, w, queue):
+    fastis.set_num_threads(2)
+    queue.put(structure(w, seed=4).sample(5000).numpy())
+
+
+def test_pool_works_in_a_forked_child(structure, threads):
+    # DataLoader workers are forked: a child has none of the parent's pool threads and must
+    # start its own instead of waiting on threads that do not exist.
+    w = np.random.default_rng(3).random(20_000)
+    threads(2)
+    expected = structure(w, seed=4).sample(5000).numpy()  # the parent's pool is running
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_draw_in_child, args=(structure, w, queue))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert np.array_equal(got, expected)
 
 
 def test_build_is_independent_of_thread_count(structure, threads):
