@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <utility>
 
 #include "ingest.hpp"
 #include "parallel.hpp"
@@ -21,6 +22,8 @@ constexpr uint64_t kLanes = 32;
 // A piece of 256 draws is ~5 us of work, well above the pool's hand-off cost (~1 us).
 constexpr uint64_t kMinDrawsPerThread = 256;
 constexpr uint64_t kMinNodesPerThread = uint64_t{1} << 16;
+// Below this many updates a batch stays on one thread: splitting it costs two passes over it.
+constexpr size_t kMinParallelUpdate = size_t{1} << 14;
 
 uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }
 
@@ -123,39 +126,48 @@ inline void queue_once(double* level, uint64_t node, std::vector<uint64_t>* dirt
 }
 
 // Writes the updates in batch order (so the last of duplicate indices wins), logging each
-// overwritten value in `undo`. The level-1 entry above a leaf is recomputed right after the
-// write, while the leaf's line is still in L1: recomputing it later, after the whole batch,
-// would miss on that line a second time. Level-2 entries are queued in `dirty`.
+// overwritten value in `undo`. The level-1 and level-2 entries above a leaf are recomputed
+// right after the write, while the leaf's line and its parent's line are still in L1:
+// recomputing them later, after the whole batch, would miss on those lines a second time
+// (level 1 of a 1e7 tree is 10 MB). Level-3 entries are queued in `dirty`.
 template <class I, class T>
-void SumTree::write_leaves(const I* idx, const T* weights, size_t count,
-                           std::vector<Undo>* undo, std::vector<uint64_t>* dirty) {
+void SumTree::write_leaves(const I* idx, const T* weights, size_t count, UpdateScratch* scratch) {
+  std::vector<Undo>* undo = &scratch->undo;
+  std::vector<uint64_t>* dirty = &scratch->dirty;
+  undo->clear();
+  dirty->clear();
   double* leaves = levels_[0].data();
   double* level1 = levels_.size() > 1 ? levels_[1].data() : nullptr;
   double* level2 = levels_.size() > 2 ? levels_[2].data() : nullptr;
+  double* level3 = levels_.size() > 3 ? levels_[3].data() : nullptr;
   constexpr size_t kAhead = 16;
   for (size_t i = 0; i < count; ++i) {
     if (i + kAhead < count) {
       const uint64_t ahead = static_cast<uint64_t>(idx[i + kAhead]);
       __builtin_prefetch(leaves + ahead, 1);
       if (level1 != nullptr) __builtin_prefetch(level1 + ahead / kFanout, 1);
+      if (level2 != nullptr) __builtin_prefetch(level2 + ahead / (kFanout * kFanout), 1);
     }
     const uint64_t leaf = static_cast<uint64_t>(idx[i]);
     undo->push_back(Undo{leaf, leaves[leaf]});
     leaves[leaf] = static_cast<double>(weights[i]) + 0.0;
     if (level1 == nullptr) continue;
-    const uint64_t node = leaf / kFanout;
-    level1[node] = line_sum(leaves + node * kFanout);
-    if (level2 != nullptr) queue_once(level2, node / kFanout, dirty);
+    const uint64_t node1 = leaf / kFanout;
+    level1[node1] = line_sum(leaves + node1 * kFanout);
+    if (level2 == nullptr) continue;
+    const uint64_t node2 = node1 / kFanout;
+    level2[node2] = line_sum(level1 + node2 * kFanout);
+    if (level3 != nullptr) queue_once(level3, node2 / kFanout, dirty);
   }
 }
 
-// Recomputes the queued level-2 entries, then their queued parents, up to the top. Once
+// Recomputes the queued level-3 entries, then their queued parents, up to the top. Once
 // the queue is a large share of a level, one sequential sweep of the level is cheaper than
 // random visits.
-void SumTree::recompute_dirty(std::vector<uint64_t>* dirty) {
-  std::vector<uint64_t> next;
+void SumTree::recompute_dirty(std::vector<uint64_t>* dirty, std::vector<uint64_t>* next_dirty) {
+  std::vector<uint64_t>& next = *next_dirty;
   constexpr size_t kAhead = 8;
-  for (size_t level = 2; level < levels_.size(); ++level) {
+  for (size_t level = 3; level < levels_.size(); ++level) {
     const uint64_t nodes = levels_[level - 1].size() / kFanout;
     const bool has_parent = level + 1 < levels_.size();
     double* parent = has_parent ? levels_[level + 1].data() : nullptr;
@@ -179,22 +191,90 @@ void SumTree::recompute_dirty(std::vector<uint64_t>* dirty) {
   }
 }
 
-// Single-threaded: splitting a batch across two threads by owned subtrees measured 2x
-// slower than one thread on this 2-core machine (see the README's benchmark notes).
+// Leaf-range boundaries for splitting a batch into `parts` pieces: multiples of 8^3 leaves,
+// so the lines of levels 0-2 that write_leaves touches for one piece belong to that piece
+// alone and the level-3 entries it queues are distinct from every other piece's. They come
+// from a histogram (at most 256 bins) of an evenly strided sample of the batch, so each piece
+// gets about count / parts updates whatever the index distribution.
+template <class I>
+std::vector<uint64_t> leaf_range_bounds(const I* idx, size_t count, uint64_t n, size_t parts) {
+  const int width = 64 - __builtin_clzll(std::max<uint64_t>(n - 1, 1));
+  const int shift = std::max(9, width - 8);  // 2^9 = 8^3 leaves per bin at least
+  const uint64_t bins = ((n - 1) >> shift) + 1;
+  const size_t stride = std::max<size_t>(1, count / 4096);
+  std::vector<uint64_t> histogram(bins, 0);
+  size_t sampled = 0;
+  for (size_t i = 0; i < count; i += stride, ++sampled) {
+    ++histogram[static_cast<uint64_t>(idx[i]) >> shift];
+  }
+  std::vector<uint64_t> bounds{0};
+  uint64_t before = 0;
+  for (uint64_t b = 0; b < bins && bounds.size() < parts; ++b) {
+    before += histogram[b];
+    if (before * parts >= sampled * bounds.size()) bounds.push_back(std::min(n, (b + 1) << shift));
+  }
+  while (bounds.size() <= parts) bounds.push_back(n);
+  bounds.back() = n;
+  return bounds;
+}
+
+// Copies, in batch order, the updates whose leaf lies in [lo, hi) into scratch (so the last
+// of duplicate indices still wins within the piece). Branch-free: the index and weight are
+// always stored and the cursor advances only for a leaf in range.
+template <class I, class T>
+size_t select_leaf_range(const I* idx, const T* weights, size_t count, uint64_t lo,
+                         uint64_t hi, std::vector<uint64_t>* idx_out,
+                         std::vector<double>* weight_out) {
+  idx_out->resize(count + 1);
+  weight_out->resize(count + 1);
+  uint64_t* leaf_dst = idx_out->data();
+  double* weight_dst = weight_out->data();
+  size_t kept = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const uint64_t leaf = static_cast<uint64_t>(idx[i]);
+    leaf_dst[kept] = leaf;
+    weight_dst[kept] = static_cast<double>(weights[i]);  // exact: float32 widens exactly
+    kept += static_cast<size_t>(leaf - lo < hi - lo);
+  }
+  return kept;
+}
+
+// Large batches on large trees are split by leaf range across the pool: each thread selects
+// its range's updates from the whole batch (a fast sequential pass), then writes them; the
+// threads' random leaf and level-1 misses overlap, which about doubles the memory
+// parallelism of write_leaves, the part of an update that dominates at 1e7 leaves.
 template <class I, class T>
 void SumTree::update(const I* idx, const T* weights, size_t count) {
   if (count == 0) return;
-  std::vector<Undo> undo;  // overwritten values, so an overflowing batch can be undone
-  undo.reserve(count);
-  std::vector<uint64_t> dirty;
-  dirty.reserve(count);
-  write_leaves(idx, weights, count, &undo, &dirty);
-  recompute_dirty(&dirty);
+  const size_t parts =
+      count >= kMinParallelUpdate && levels_.size() > 3 ? static_cast<size_t>(get_num_threads())
+                                                        : 1;
+  scratch_.resize(parts);
+  if (parts == 1) {
+    write_leaves(idx, weights, count, &scratch_[0]);
+  } else {
+    const std::vector<uint64_t> bounds = leaf_range_bounds(idx, count, n_, parts);
+    parallel_for(parts, 1, 1, [&](uint64_t begin, uint64_t end) {
+      for (uint64_t p = begin; p < end; ++p) {
+        UpdateScratch& s = scratch_[p];
+        const size_t kept = select_leaf_range(idx, weights, count, bounds[p], bounds[p + 1],
+                                              &s.idx, &s.weights);
+        write_leaves(s.idx.data(), s.weights.data(), kept, &s);
+      }
+    });
+    for (size_t p = 1; p < parts; ++p) {
+      scratch_[0].dirty.insert(scratch_[0].dirty.end(), scratch_[p].dirty.begin(),
+                               scratch_[p].dirty.end());
+    }
+  }
+  recompute_dirty(&scratch_[0].dirty, &next_dirty_);
   total_ = line_sum(levels_.back().data());
   if (std::isfinite(total_)) return;
-  // Undo newest-first, then recompute everything above the leaves.
+  // Undo newest-first (pieces touch disjoint leaves), then recompute everything above.
   double* leaves = levels_[0].data();
-  for (size_t i = undo.size(); i-- > 0;) leaves[undo[i].leaf] = undo[i].old;
+  for (const UpdateScratch& s : scratch_) {
+    for (size_t i = s.undo.size(); i-- > 0;) leaves[s.undo[i].leaf] = s.undo[i].old;
+  }
   recompute_all();
   throw std::overflow_error(
       "the total weight would overflow float64 (inf); the update was not applied");

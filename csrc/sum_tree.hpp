@@ -54,14 +54,21 @@ class SumTree {
   // Recomputes levels computed + 1 .. top from level `computed` and the total.
   void recompute_above(size_t computed);
   void recompute_level(size_t level, uint64_t begin, uint64_t end);
-  void recompute_dirty(std::vector<uint64_t>* dirty);
+  void recompute_dirty(std::vector<uint64_t>* dirty, std::vector<uint64_t>* next);
   struct Undo {
     uint64_t leaf;
     double old;
   };
+  // One thread's share of an update: its piece of the batch (when the batch is split), the
+  // values it overwrote (to undo an overflowing batch) and the level-3 entries it queued.
+  struct UpdateScratch {
+    std::vector<uint64_t> idx;
+    std::vector<double> weights;
+    std::vector<Undo> undo;
+    std::vector<uint64_t> dirty;
+  };
   template <class I, class T>
-  void write_leaves(const I* idx, const T* weights, size_t count, std::vector<Undo>* undo,
-                    std::vector<uint64_t>* dirty);
+  void write_leaves(const I* idx, const T* weights, size_t count, UpdateScratch* scratch);
   void sample_range(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
                     double* prob_out) const;
   void sample_range_avx512(uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out,
@@ -69,6 +76,10 @@ class SumTree {
 
   uint64_t n_;
   std::vector<LargeBuffer<double>> levels_;
+  // update()'s working memory, kept between calls: allocating ~2.5 MB per batch of 65,536
+  // afresh costs page faults on every call (and more when pool threads free it).
+  std::vector<UpdateScratch> scratch_;
+  std::vector<uint64_t> next_dirty_;
   double total_ = 0.0;
   RngState rng_;
 };

@@ -306,6 +306,37 @@ def test_large_batches_are_exact_and_thread_count_independent(threads, n):
         assert_same_structure(tree, SumTree(final, seed=14), draws=20_000)
 
 
+@pytest.mark.parametrize("layout", ["one_bin", "two_clusters", "last_leaves", "sorted"])
+def test_large_skewed_batches_split_across_threads(threads, layout):
+    # A large batch is split across threads by leaf range, with ranges chosen from a sample
+    # of the batch: batches packed into one range, two distant clusters, the very last
+    # leaves or sorted order must give the same tree as a fresh build from the
+    # last-write-wins reference, whatever the thread count (including more threads than
+    # occupied ranges).
+    n = 1_000_003
+    rng = np.random.default_rng(seed_of("skewed", layout))
+    initial = rng.random(n)
+    size = 40_000
+    if layout == "one_bin":
+        idx = rng.integers(500_000, 500_300, size)
+    elif layout == "two_clusters":
+        idx = np.where(
+            rng.random(size) < 0.5, rng.integers(0, 700, size), rng.integers(n - 700, n, size)
+        )
+    elif layout == "last_leaves":
+        idx = n - 1 - rng.integers(0, 5, size)
+    else:
+        idx = np.sort(rng.integers(0, n, size))
+    val = rng.lognormal(0.0, 1.0, size)
+    final = last_write_wins_fast(initial, idx, val)
+    for count in (1, 2, 3, 5):
+        threads(count)
+        tree = SumTree(initial, seed=3)
+        tree.update(idx, val)
+        assert np.array_equal(tree.weights().numpy(), final)
+        assert_same_structure(tree, SumTree(final, seed=3), draws=5_000)
+
+
 def test_large_overflowing_batch_with_duplicates_changes_nothing(threads):
     threads(2)
     n = 100_000
