@@ -20,7 +20,8 @@ constexpr uint64_t kIngestChunk = uint64_t{1} << 16;
 // Copies w[begin, end) to dst[begin, end) as float64 (+0.0 turns -0.0 into +0.0), ORs 1
 // into *bad if any value is invalid, and returns their sum.
 template <class T>
-double ingest_chunk(const T* w, uint64_t begin, uint64_t end, double* dst, unsigned* bad) {
+FASTIS_VECTOR_CLONES double ingest_chunk(const T* w, uint64_t begin, uint64_t end, double* dst,
+                                         unsigned* bad) {
   // Eight independent accumulators: vectorisable without reassociation (no -ffast-math).
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   unsigned flag = 0;

@@ -11,6 +11,15 @@
 #define FASTIS_HAVE_AVX512 0
 #endif
 
+// Simple streaming loops (input checks, the build's copy) are compiled twice on x86-64
+// Linux, for AVX2 and for the baseline, and the loader picks one for the CPU (an ifunc):
+// baseline x86-64 lacks the 64-bit compares they need to vectorise at all.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTIS_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTIS_VECTOR_CLONES
+#endif
+
 namespace fastis {
 
 enum class Simd { kAvx512 };

@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "simd.hpp"
+
 namespace fastis {
 
 template <class T>
@@ -22,7 +24,7 @@ inline bool is_valid_weight(T w) {
 // 1 if any of w[0..count) is invalid. Bitwise, not short-circuit, operators keep the loop
 // branch-free so that it vectorises.
 template <class T>
-inline unsigned any_invalid_weight(const T* w, size_t count) {
+FASTIS_VECTOR_CLONES unsigned any_invalid_weight(const T* w, size_t count) {
   unsigned bad = 0;
   for (size_t i = 0; i < count; ++i) {
     bad |= static_cast<unsigned>(!(w[i] >= T(0))) |
@@ -53,14 +55,21 @@ void check_weights(const T* w, size_t count, const char* name) {
   }
 }
 
-// Throws std::out_of_range (IndexError in Python) naming the first index outside [0, n).
+// 1 if any of idx[0..count) lies outside [0, n).
 template <class I>
-void check_indices(const I* idx, size_t count, uint64_t n, const char* name) {
+FASTIS_VECTOR_CLONES unsigned any_index_out_of_range(const I* idx, size_t count,
+                                                     uint64_t n) {
   unsigned bad = 0;
   for (size_t i = 0; i < count; ++i) {
     bad |= static_cast<unsigned>(static_cast<uint64_t>(static_cast<int64_t>(idx[i])) >= n);
   }
-  if (!bad) return;
+  return bad;
+}
+
+// Throws std::out_of_range (IndexError in Python) naming the first index outside [0, n).
+template <class I>
+void check_indices(const I* idx, size_t count, uint64_t n, const char* name) {
+  if (!any_index_out_of_range(idx, count, n)) return;
   for (size_t i = 0; i < count; ++i) {
     if (static_cast<uint64_t>(static_cast<int64_t>(idx[i])) < n) continue;
     std::ostringstream msg;
