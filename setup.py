@@ -9,6 +9,7 @@ SOURCES = [
     "csrc/bindings.cpp",
     "csrc/sum_tree.cpp",
     "csrc/alias_table.cpp",
+    "csrc/alias_classes.cpp",
     "csrc/parallel.cpp",
     "csrc/simd.cpp",
 ]

@@ -34,9 +34,10 @@ struct AliasEntry64 {
 class AliasTable {
  public:
   // Copies and checks n weights: std::invalid_argument for a NaN, infinite or negative
-  // weight or an all-zero vector, std::overflow_error if the total overflows.
+  // weight or an all-zero vector, std::overflow_error if the total overflows. Entries are
+  // 16 bytes (float64 keep) beyond 2^32 items, or always with wide = true (for tests).
   template <class T>
-  AliasTable(const T* w, uint64_t n);
+  AliasTable(const T* w, uint64_t n, bool wide = false);
 
   // Draws k indices with replacement, using and advancing rng(); prob_out (may be null)
   // receives w_i / total for each draw.
@@ -47,6 +48,8 @@ class AliasTable {
   size_t nbytes() const;
   const double* weights() const { return weights_.data(); }
   RngState& rng() { return rng_; }
+  // Copies the table: bucket k keeps item k with probability keep[k], else draws alias[k].
+  void entries(double* keep, int64_t* alias) const;
 
  private:
   template <class Entry>

@@ -132,12 +132,12 @@ py::array_t<double> all_weights(Locked<Core>& obj) {
 }
 
 // A new structure from a 1-D float32/float64 weight array (copied and checked in C++).
-template <class Obj>
-Obj* build(const py::array& w) {
+template <class Obj, class... Options>
+Obj* build(const py::array& w, Options... options) {
   return with_weights(w, "weights", [&](auto* wp) {
     const auto n = static_cast<uint64_t>(w.size());
     py::gil_scoped_release no_gil;
-    return new Obj(wp, n);
+    return new Obj(wp, n, options...);
   });
 }
 
@@ -196,6 +196,21 @@ PYBIND11_MODULE(_C, m) {
 
   auto table = py::class_<PyAliasTable>(m, "AliasTable");
   table.def_static("from_weights", &build<PyAliasTable>, py::arg("weights"));
+  table.def_static(
+      "_from_weights_wide", [](const py::array& w) { return build<PyAliasTable>(w, true); },
+      py::arg("weights"), "A table with 16-byte (float64 keep) entries at any n, for tests.");
+  table.def("_entries", [](PyAliasTable& o) {
+    const auto n = static_cast<py::ssize_t>(o.core.size());
+    py::array_t<double> keep(n);
+    py::array_t<int64_t> alias(n);
+    double* keep_out = keep.mutable_data();
+    int64_t* alias_out = alias.mutable_data();
+    locked_call(o, [&](AliasTable& t) {
+      t.entries(keep_out, alias_out);
+      return 0;
+    });
+    return py::make_tuple(keep, alias);
+  }, "(keep, alias) arrays of the table, for tests.");
   bind_common(table);
 
   m.def("get_num_threads", &get_num_threads);

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace fastis {
 
@@ -45,10 +46,11 @@ void parallel_for(uint64_t total, uint64_t align, uint64_t min_per_thread, Fn&& 
   // speeds, while each piece still holds at least min_per_thread / 4 items.
   const uint64_t target = std::max<uint64_t>(total / (threads * 8), min_per_thread / 4);
   const uint64_t piece = std::max<uint64_t>(1, (target + align - 1) / align) * align;
+  using Body = std::remove_reference_t<Fn>;
   auto call = [](void* context, uint64_t begin, uint64_t end) {
-    (*static_cast<Fn*>(context))(begin, end);
+    (*static_cast<Body*>(context))(begin, end);
   };
-  detail::run_on_pool(total, piece, call, &fn);
+  detail::run_on_pool(total, piece, call, const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
 }  // namespace fastis

@@ -260,3 +260,55 @@ def assert_matches_reference(obj, ref: np.ndarray, exact: float, draws: int) -> 
     assert idx.min() >= 0 and idx.max() < len(ref)
     assert np.all(ref[idx] > 0), "a draw landed on a zero weight"
     assert np.array_equal(p.numpy(), ref[idx] / obj.total)
+
+
+def alias_sweep_reference(weights: np.ndarray, total: float, keep_dtype=np.float32):
+    """The alias table of `weights` by the textbook sequential sweep: a light cursor and a
+    heavy cursor moving forward (Vose's method as in Hübschle-Schneider & Sanders 2022,
+    section 4), with masses in exact integers of 2^-52 units. Independent of fastis's
+    prefix-sum formulation and its split across threads, and must agree with it bit for
+    bit. `total` is the structure's own float64 total (its summation order is part of the
+    build). Returns (keep, alias) with keep rounded to keep_dtype as the table stores it.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n = len(w)
+    exponent = math.frexp(total)[1] - 1  # ilogb(total)
+    shift = -exponent
+    half_shift = int(shift / 2)  # C++ division truncates toward zero
+    pre_a, pre_b = math.ldexp(1.0, half_shift), math.ldexp(1.0, shift - half_shift)
+    scale = n / ((total * pre_a) * pre_b)
+    units = ((w * pre_a) * pre_b) * scale
+    one = 1 << 52
+
+    def fixed(u: float) -> int:
+        scaled = u * 2.0**52
+        return int(scaled + 0.5) if scaled < 2.0**52 else int(scaled)
+
+    heavy = units >= 1.0
+    lights = [k for k in range(n) if not heavy[k]]
+    heavies = [k for k in range(n) if heavy[k]]
+    keep = np.zeros(n, dtype=np.float64)
+    alias = np.zeros(n, dtype=np.int64)
+    li, hi = 0, 0
+    rest = fixed(units[heavies[0]]) if heavies else 0
+    while hi < len(heavies):
+        j = heavies[hi]
+        if rest >= one:
+            if li >= len(lights):
+                break
+            i = lights[li]
+            keep[i], alias[i] = keep_dtype(units[i]), j
+            rest -= one - fixed(units[i])
+            li += 1
+        else:
+            if hi + 1 >= len(heavies):
+                break
+            following = heavies[hi + 1]
+            keep[j], alias[j] = keep_dtype(float(rest) * 2.0**-52), following
+            rest = fixed(units[following]) - (one - rest)
+            hi += 1
+    for j in heavies[hi:]:
+        keep[j], alias[j] = 1.0, j
+    for i in lights[li:]:
+        keep[i], alias[i] = (1.0, i) if w[i] > 0 else (0.0, heavies[-1])
+    return keep, alias

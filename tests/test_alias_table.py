@@ -7,11 +7,17 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_matches_reference
+from helpers import (
+    WEIGHT_KINDS,
+    alias_sweep_reference,
+    assert_matches_reference,
+    make_weights,
+    seed_of,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fastis import AliasTable, SumTree
+from fastis import _C, AliasTable, SumTree
 
 # Zeros, ordinary values, values spread over many orders of magnitude (small enough that
 # no 400 of them overflow), and tiny normal and subnormal ones.
@@ -75,3 +81,84 @@ def test_fixed_weights_api():
     table = AliasTable([1.0, 2.0], seed=1)
     assert not hasattr(table, "update")
     assert not hasattr(AliasTable, "zeros")
+
+
+def alias_cases():
+    """Weight vectors for the exact table comparison: every kind of test vector at sizes
+    that end inside a mask word and a prefix block, plus items of >= 2^11 units (the
+    128-bit path), tiny and subnormal totals, and all-equal weights."""
+    rng = np.random.default_rng(seed_of("alias-cases"))
+    cases = []
+    for kind in WEIGHT_KINDS:
+        for n in (2, 63, 65, 1000, 1025, 5003):
+            cases.append((f"{kind}-{n}", make_weights(kind, n, rng)))
+    huge = rng.random(20_000)
+    huge[[3, 9000, 19_999]] = [5e4, 1e6, 2e3]
+    cases.append(("huge-items", huge))
+    cases.append(("subnormal", rng.integers(0, 3, 3000) * 5e-324))
+    cases.append(("tiny", rng.random(3000) * 1e-310))
+    cases.append(("equal", np.full(4097, 0.1)))
+    # Small integer weights: units are simple fractions, so a light's running deficit often
+    # ties a heavy's running surplus exactly (the sweep's >= versus >).
+    # Weights summing to exactly n (dyadic steps moved between pairs): units equal the
+    # weights, so a light's running deficit often ties a heavy's running surplus exactly
+    # (the sweep's >= versus >).
+    for n in (4, 12, 1000, 4098):
+        w = np.ones(n)
+        for _ in range(n):
+            i, j = rng.choice(n, 2, replace=False)
+            step = min(rng.choice([0.25, 0.5, 0.75]), w[j])
+            w[i], w[j] = w[i] + step, w[j] - step
+        cases.append((f"ties-{n}", w))
+    # A last light just below one unit after others whose rounded units fall short of n:
+    # the lights' deficits overrun the heavies' surpluses, and the last heavy is left over
+    # without ever being closed.
+    for seed in (0, 1, 3):
+        overrun_rng = np.random.default_rng(seed)
+        w = overrun_rng.random(int(overrun_rng.integers(3, 40)))
+        w[-1] = np.nextafter(w[:-1].sum() / (len(w) - 1), 0)
+        cases.append((f"overrun-{seed}", w))
+    cases.append(("long", rng.lognormal(0.0, 1.0, 70_001)))
+    return cases
+
+
+@pytest.mark.parametrize("name, weights", alias_cases(), ids=[c[0] for c in alias_cases()])
+def test_table_equals_sequential_sweep(name, weights, threads):
+    # The table is built from prefix sums by blocks across threads; it must be exactly the
+    # table of the textbook sequential sweep, whatever the thread count and vector path.
+    # Both entry widths: float32 keeps (n <= 2^32) and float64 keeps, which show every
+    # 2^-52 unit of the fixed-point masses.
+    for build, keep_dtype in (
+        (_C.AliasTable.from_weights, np.float32),
+        (_C.AliasTable._from_weights_wide, np.float64),
+    ):
+        results = set()
+        for count in (1, 2, 3):
+            for avx512 in (True, False):
+                threads(count)
+                previous = _C._set_avx512(avx512)
+                try:
+                    core = build(np.asarray(weights))
+                finally:
+                    _C._set_avx512(previous)
+                keep, alias = core._entries()
+                results.add((keep.tobytes(), alias.tobytes()))
+        assert len(results) == 1
+        ref_keep, ref_alias = alias_sweep_reference(weights, core.total, keep_dtype)
+        assert np.array_equal(alias, ref_alias)
+        assert np.array_equal(keep, ref_keep)
+
+
+@pytest.mark.parametrize(
+    "name, weights", alias_cases()[::5], ids=[c[0] for c in alias_cases()[::5]]
+)
+def test_table_represents_the_weights(name, weights):
+    # Each item's probability as the table encodes it, (keep_k + sum of (1 - keep_b) over
+    # buckets b aliasing k) / n, against w_k / sum(w): float32 keeps bound the error.
+    table = AliasTable(weights, seed=0)
+    keep, alias = table._core._entries()
+    n = len(weights)
+    encoded = (keep + np.bincount(alias, weights=1.0 - keep, minlength=n)) / n
+    exact = weights / math.fsum(weights)
+    assert np.all(encoded[weights == 0] == 0)
+    assert np.allclose(encoded, exact, rtol=2e-6, atol=4.0 / n * 6e-8)

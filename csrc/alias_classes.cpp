@@ -1,0 +1,141 @@
+#include "alias_classes.hpp"
+
+#include "parallel.hpp"
+#include "simd.hpp"
+
+namespace fastis {
+namespace alias {
+
+namespace {
+
+// classify(), one item at a time.
+// Light and heavy items alternate at random, so there is no branch on the kind: with
+// c = min(q, 1), a light adds 1 - c to the deficits and a heavy q - c to the surpluses (the
+// other sum gets 0). Deficits of up to 2^10 items fit in 64 bits.
+void classify_scalar(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+                     uint64_t* heavy_words, uint64_t* deficit, Mass* surplus) {
+  uint64_t d = 0;
+  Mass s = 0;
+  for (uint64_t k = begin; k < end; k += 64) {
+    uint64_t bits = 0;
+    for (uint64_t i = k; i < std::min(end, k + 64); ++i) {
+      const double u = units(w[i]);
+      bits |= static_cast<uint64_t>(u >= 1.0) << (i - k);
+      if (u >= 0x1p11) [[unlikely]] {  // q >= 2^63: the 128-bit path
+        s += to_fixed(u) - kOneUnit;
+        continue;
+      }
+      const uint64_t q = to_fixed_below_2048(u);
+      const uint64_t c = std::min(q, kOneUnit);
+      d += kOneUnit - c;
+      s += q - c;
+    }
+    heavy_words[(k - begin) / 64] = bits;
+  }
+  *deficit += d;
+  *surplus += s;
+}
+
+#if FASTIS_HAVE_AVX512
+// classify_scalar, eight items per step; bit-identical (the same three products, the same
+// rounding, exact integer sums). Surpluses below 2^63 are summed per lane as 32-bit halves,
+// which cannot overflow within 2^10 items; a group of eight holding a u >= 2^11 goes to
+// classify_scalar.
+__attribute__((target("avx512f,avx512dq"))) void classify_avx512(
+    const double* w, uint64_t begin, uint64_t end, UnitScale units, uint64_t* heavy_words,
+    uint64_t* deficit, Mass* surplus) {
+  const __m512d pre_a = _mm512_set1_pd(units.pre_a);
+  const __m512d pre_b = _mm512_set1_pd(units.pre_b);
+  const __m512d scale = _mm512_set1_pd(units.scale);
+  const __m512d one = _mm512_set1_pd(1.0);
+  const __m512d big = _mm512_set1_pd(0x1p11);
+  const __m512d two52 = _mm512_set1_pd(0x1p52);
+  const __m512d half = _mm512_set1_pd(0.5);
+  const __m512i one_unit = _mm512_set1_epi64(static_cast<int64_t>(kOneUnit));
+  const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFF);
+  __m512i d = _mm512_setzero_si512();
+  __m512i s_low = _mm512_setzero_si512();
+  __m512i s_high = _mm512_setzero_si512();
+  uint64_t rest_deficit = 0;
+  Mass rest_surplus = 0;
+  uint64_t k = begin;
+  for (; k + 64 <= end; k += 64) {
+    uint64_t bits = 0;
+    for (int g = 0; g < 8; ++g) {
+      const __m512d u = _mm512_mul_pd(
+          _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(w + k + 8 * g), pre_a), pre_b), scale);
+      const __mmask8 heavy = _mm512_cmp_pd_mask(u, one, _CMP_GE_OQ);
+      bits |= static_cast<uint64_t>(heavy) << (8 * g);
+      if (_mm512_cmp_pd_mask(u, big, _CMP_GE_OQ) != 0) [[unlikely]] {
+        uint64_t unused;
+        classify_scalar(w, k + 8 * g, k + 8 * g + 8, units, &unused, &rest_deficit,
+                        &rest_surplus);
+        continue;
+      }
+      const __m512d scaled = _mm512_mul_pd(u, two52);
+      const __mmask8 below_one = _mm512_cmp_pd_mask(scaled, two52, _CMP_LT_OQ);
+      const __m512d rounded = _mm512_mask_add_pd(scaled, below_one, scaled, half);
+      const __m512i q = _mm512_cvttpd_epi64(rounded);
+      const __m512i c = _mm512_min_epu64(q, one_unit);
+      d = _mm512_add_epi64(d, _mm512_sub_epi64(one_unit, c));
+      const __m512i extra = _mm512_sub_epi64(q, c);
+      s_low = _mm512_add_epi64(s_low, _mm512_and_si512(extra, low32));
+      s_high = _mm512_add_epi64(s_high, _mm512_srli_epi64(extra, 32));
+    }
+    heavy_words[(k - begin) / 64] = bits;
+  }
+  if (k < end) {
+    classify_scalar(w, k, end, units, heavy_words + (k - begin) / 64, &rest_deficit,
+                    &rest_surplus);
+  }
+  alignas(64) uint64_t lanes_d[8], lanes_low[8], lanes_high[8];
+  _mm512_store_si512(lanes_d, d);
+  _mm512_store_si512(lanes_low, s_low);
+  _mm512_store_si512(lanes_high, s_high);
+  Mass s = rest_surplus;
+  uint64_t total_d = rest_deficit;
+  for (int l = 0; l < 8; ++l) {
+    total_d += lanes_d[l];
+    s += (static_cast<Mass>(lanes_high[l]) << 32) + lanes_low[l];
+  }
+  *deficit += total_d;
+  *surplus += s;
+}
+#endif
+
+}  // namespace
+
+void classify(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+              uint64_t* heavy_words, uint64_t* deficit, Mass* surplus) {
+#if FASTIS_HAVE_AVX512
+  if (simd_enabled(Simd::kAvx512)) {
+    return classify_avx512(w, begin, end, units, heavy_words, deficit, surplus);
+  }
+#endif
+  classify_scalar(w, begin, end, units, heavy_words, deficit, surplus);
+}
+
+Classes::Classes(const double* w, uint64_t n, UnitScale units)
+  : n_(n), words_((n + 63) / 64), blocks_((n + kBlock - 1) / kBlock) {
+  heavy_.assign(words_, 0);
+  deficit_before_.assign(blocks_ + 1, 0);
+  surplus_before_.assign(blocks_ + 1, 0);
+  std::vector<uint64_t> deficit(blocks_, 0);
+  std::vector<Mass> surplus(blocks_, 0);
+  parallel_for(blocks_, 1, 64, [&](uint64_t begin, uint64_t end) {
+    for (uint64_t b = begin; b < end; ++b) {
+      const uint64_t first = b * kBlock;
+      classify(w, first, std::min(n_, first + kBlock), units, heavy_.data() + first / 64,
+               &deficit[b], &surplus[b]);
+    }
+  });
+  for (uint64_t b = 0; b < blocks_; ++b) {
+    deficit_before_[b + 1] = deficit_before_[b] + deficit[b];
+    surplus_before_[b + 1] = surplus_before_[b] + surplus[b];
+  }
+  last_heavy_ = previous(n_, true);
+}
+
+
+}  // namespace alias
+}  // namespace fastis
