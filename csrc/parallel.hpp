@@ -43,8 +43,9 @@ void parallel_for(uint64_t total, uint64_t align, uint64_t min_per_thread, Fn&& 
     return;
   }
   // About eight pieces per thread balance the load when the threads run at different
-  // speeds, while each piece still holds at least min_per_thread / 4 items.
-  const uint64_t target = std::max<uint64_t>(total / (threads * 8), min_per_thread / 4);
+  // speeds, while each piece still holds at least min_per_thread items: every claim is an
+  // atomic operation on a cache line that the threads pass back and forth.
+  const uint64_t target = std::max<uint64_t>(total / (threads * 8), min_per_thread);
   const uint64_t piece = std::max<uint64_t>(1, (target + align - 1) / align) * align;
   using Body = std::remove_reference_t<Fn>;
   auto call = [](void* context, uint64_t begin, uint64_t end) {
