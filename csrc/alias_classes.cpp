@@ -103,7 +103,61 @@ __attribute__((target("avx512f,avx512dq"))) void classify_avx512(
 }
 #endif
 
+size_t list_lights_scalar(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+                          uint64_t* idx, double* unit, uint64_t* deficit) {
+  size_t count = 0;
+  for (uint64_t k = begin; k < end; ++k) {
+    const double u = units(w[k]);
+    idx[count] = k;
+    unit[count] = u;
+    deficit[count] = kOneUnit - to_fixed_below_2048(std::min(u, 1.0));
+    count += u < 1.0;
+  }
+  return count;
+}
+
+#if FASTIS_HAVE_AVX512
+// list_lights_scalar, eight items per step with compressing stores.
+__attribute__((target("avx512f,avx512dq"))) size_t list_lights_avx512(
+    const double* w, uint64_t begin, uint64_t end, UnitScale units, uint64_t* idx,
+    double* unit, uint64_t* deficit) {
+  const __m512d pre_a = _mm512_set1_pd(units.pre_a);
+  const __m512d pre_b = _mm512_set1_pd(units.pre_b);
+  const __m512d scale = _mm512_set1_pd(units.scale);
+  const __m512d one = _mm512_set1_pd(1.0);
+  const __m512d two52 = _mm512_set1_pd(0x1p52);
+  const __m512d half = _mm512_set1_pd(0.5);
+  const __m512i one_unit = _mm512_set1_epi64(static_cast<int64_t>(kOneUnit));
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  size_t count = 0;
+  uint64_t k = begin;
+  for (; k + 8 <= end; k += 8) {
+    const __m512d u = _mm512_mul_pd(
+        _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(w + k), pre_a), pre_b), scale);
+    const __mmask8 light = _mm512_cmp_pd_mask(u, one, _CMP_LT_OQ);
+    // Lights only: u < 1, so u * 2^52 + 0.5 rounds as in to_fixed_below_2048.
+    const __m512i q = _mm512_cvttpd_epi64(_mm512_add_pd(_mm512_mul_pd(u, two52), half));
+    _mm512_mask_compressstoreu_epi64(idx + count, light,
+                                     _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(k)), lane));
+    _mm512_mask_compressstoreu_pd(unit + count, light, u);
+    _mm512_mask_compressstoreu_epi64(deficit + count, light, _mm512_sub_epi64(one_unit, q));
+    count += static_cast<size_t>(__builtin_popcount(light));
+  }
+  return count + list_lights_scalar(w, k, end, units, idx + count, unit + count, deficit + count);
+}
+#endif
+
 }  // namespace
+
+size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+                   uint64_t* idx, double* unit, uint64_t* deficit) {
+#if FASTIS_HAVE_AVX512
+  if (simd_enabled(Simd::kAvx512)) {
+    return list_lights_avx512(w, begin, end, units, idx, unit, deficit);
+  }
+#endif
+  return list_lights_scalar(w, begin, end, units, idx, unit, deficit);
+}
 
 void classify(const double* w, uint64_t begin, uint64_t end, UnitScale units,
               uint64_t* heavy_words, uint64_t* deficit, Mass* surplus) {

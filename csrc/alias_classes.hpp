@@ -49,6 +49,12 @@ struct UnitScale {
 void classify(const double* w, uint64_t begin, uint64_t end, UnitScale units,
               uint64_t* heavy_words, uint64_t* deficit, Mass* surplus);
 
+// Lists the lights among items [begin, end) in index order: their indices, units and
+// deficits 1 - u in fixed point, into arrays with room for end - begin entries. Returns
+// how many there are.
+size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+                   uint64_t* idx, double* unit, uint64_t* deficit);
+
 // The heavy items as a bitmask, plus per-block deficit and surplus sums for the searches.
 class Classes {
  public:

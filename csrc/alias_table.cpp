@@ -1,7 +1,11 @@
 #include "alias_table.hpp"
 
 #include <algorithm>
+#include <limits>
+#include <tuple>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <stdexcept>
 #include <vector>
 
@@ -14,6 +18,20 @@ namespace fastis {
 namespace {
 
 constexpr uint64_t kLanes = 32;
+
+// mask ? a : b for a float or double, through its bits (mask is all ones or all zeros).
+template <class F>
+F select_bits(uint64_t mask, F a, F b) {
+  using Bits = std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>;
+  Bits x, y;
+  std::memcpy(&x, &a, sizeof x);
+  std::memcpy(&y, &b, sizeof y);
+  const Bits m = static_cast<Bits>(mask);
+  const Bits r = (x & m) | (y & ~m);
+  F out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+}
 // A piece of 1,024 draws is ~4 us of work, well above the pool's hand-off cost (~1 us).
 constexpr uint64_t kMinDrawsPerThread = 1024;
 
@@ -114,28 +132,99 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
                       : Entry{Keep(0), static_cast<Alias>(last_heavy)};
   };
 
-  // The lights of blocks [begin, end), and the heavies closed at them.
+  // The lights of blocks [begin, end), and the heavies closed at them, one block at a
+  // time: first the block's lights (index, keep, threshold A_{m-1}) and the heavies it can
+  // close (index, B_t) are listed, then the two lists are merged without branches, since
+  // whether the next event serves a light or closes a heavy is a coin flip. Within a block
+  // all thresholds are relative to A at its start, R: lights' lie in [0, 2^62] (at most 2^10
+  // deficits of at most 2^52), heavies' are clamped into int64 (only the last listed heavy
+  // can lie beyond the block's lights, and it is never closed in the block).
   auto walk = [&](uint64_t block_begin, uint64_t block_end) {
-    const uint64_t stop = std::min(n_, block_end * alias::kBlock);
-    uint64_t m = classes.next(block_begin * alias::kBlock, false);
-    if (m == kNone || m >= stop) return;
-    Mass a = classes.deficit_before(block_begin);  // A_{m-1}
-    // The heavy cursor as it stood when the previous light was served.
-    const uint64_t before = classes.previous(m, false);
-    const Mass reach = before == kNone ? Mass{0} : a - deficit(before);
-    auto [cur, b_cur] = classes.first_heavy_reaching(reach, surplus);
-    bool exhausted = cur == kNone;
-    // Lights word by word from the mask (m is the first; its word starts at m - m % 64).
-    for (uint64_t base = m - m % 64; base < stop; base += 64) {
-      uint64_t lights = classes.light_bits(base) & (~uint64_t{0} << (base < m ? m % 64 : 0));
-      if (stop - base < 64) lights &= (uint64_t{1} << (stop - base)) - 1;
-      for (; lights != 0; lights &= lights - 1) {
-        const uint64_t k = base + static_cast<uint64_t>(__builtin_ctzll(lights));
-        const double u = units(k);
-        while (!exhausted && b_cur < a) exhausted = !close(&cur, &b_cur, a);
-        t[k] = exhausted ? leftover(k) : Entry{static_cast<Keep>(u), static_cast<Alias>(cur)};
-        a += Mass{kOneUnit} - to_fixed(u);
+    uint64_t cur = kNone;  // the heavy serving the previous light, and B through it
+    Mass b_cur = 0;
+    std::vector<uint64_t> light_idx(alias::kBlock), light_deficit(alias::kBlock), heavy_idx;
+    std::vector<double> light_unit(alias::kBlock);
+    std::vector<int64_t> light_thr(alias::kBlock), heavy_rel;
+    std::vector<Mass> heavy_b;
+    for (uint64_t block = block_begin; block < block_end; ++block) {
+      const uint64_t first = block * alias::kBlock;
+      const uint64_t stop = std::min(n_, first + alias::kBlock);
+      const Mass r = classes.deficit_before(block);
+      // The block's lights in order, with their thresholds relative to r.
+      const size_t lights = alias::list_lights(w, first, stop, unit_scale, light_idx.data(),
+                                               light_unit.data(), light_deficit.data());
+      int64_t a = 0;
+      for (size_t l = 0; l < lights; ++l) {
+        light_thr[l] = a;
+        a += static_cast<int64_t>(light_deficit[l]);
       }
+      if (lights == 0) continue;
+      if (cur == kNone) {  // the piece's first lights: find the cursor by search
+        const uint64_t before = classes.previous(light_idx[0], false);
+        const Mass reach = before == kNone ? Mass{0} : r - deficit(before);
+        std::tie(cur, b_cur) = classes.first_heavy_reaching(reach, surplus);
+        if (cur == kNone) {  // no heavy reaches: every light is left over
+          for (size_t l = 0; l < lights; ++l) t[light_idx[l]] = leftover(light_idx[l]);
+          continue;
+        }
+      }
+      // The heavies from the cursor on, until one reaches past the block's last threshold.
+      heavy_idx.assign(1, cur);
+      heavy_b.assign(1, b_cur);
+      const Mass limit = r + static_cast<Mass>(a);
+      bool exhausted = false;
+      while (heavy_b.back() < limit) {
+        const uint64_t following = classes.next(heavy_idx.back() + 1, true);
+        if (following == kNone) {
+          exhausted = true;
+          break;
+        }
+        heavy_idx.push_back(following);
+        heavy_b.push_back(heavy_b.back() + surplus(following));
+      }
+      // B - r >= -2^52 (the cursor reached the threshold before the block's first
+      // light), and the clamp stays above every threshold of the block (< 2^62).
+      constexpr uint64_t kClamp = (uint64_t{1} << 62) + (uint64_t{1} << 53);
+      heavy_rel.resize(heavy_b.size());
+      for (size_t h = 0; h < heavy_b.size(); ++h) {
+        const Mass shifted = heavy_b[h] + Mass{kOneUnit} - r;
+        heavy_rel[h] = static_cast<int64_t>(std::min<Mass>(shifted, kClamp)) -
+                       static_cast<int64_t>(kOneUnit);
+      }
+      // A heavy past the end, so that the merge may read heavy j + 1 without a check; with
+      // the list exhausted it even serves lights, which the fix-up below turns into
+      // leftovers.
+      heavy_idx.push_back(last_heavy);
+      heavy_rel.push_back(std::numeric_limits<int64_t>::max());
+      size_t i = 0, j = 0;
+      while (i < lights) {
+        const int64_t thr = light_thr[i];
+        const int64_t b = heavy_rel[j];
+        const bool serve = b >= thr;
+        // Closing heavy j keeps 1 - (thr - b) of its bucket: exact, as thr - b <= 2^52
+        // then. Unsigned arithmetic: when serving, the value is unused and may wrap.
+        const uint64_t gap = static_cast<uint64_t>(thr) - static_cast<uint64_t>(b);
+        const auto kept = static_cast<Keep>(static_cast<double>(kOneUnit - gap) * 0x1p-52);
+        // Selects by mask, which the compiler cannot turn back into a branch.
+        const uint64_t mask = uint64_t{0} - static_cast<uint64_t>(serve);
+        const uint64_t dst = (light_idx[i] & mask) | (heavy_idx[j] & ~mask);
+        const uint64_t to = (heavy_idx[j] & mask) | (heavy_idx[j + 1] & ~mask);
+        const auto keep = static_cast<Keep>(light_unit[i]);
+        t[dst] = Entry{select_bits(mask, keep, kept), static_cast<Alias>(to)};
+        i += serve;
+        j += 1 - static_cast<size_t>(serve);
+      }
+      if (exhausted) {
+        // Lights beyond the last heavy's reach are left over; the last heavy itself is
+        // rewritten as a leftover by the final step.
+        const int64_t reach = heavy_rel[heavy_rel.size() - 2];
+        for (size_t l = 0; l < lights; ++l) {
+          if (light_thr[l] > reach) t[light_idx[l]] = leftover(light_idx[l]);
+        }
+        j = std::min(j, heavy_b.size() - 1);
+      }
+      cur = heavy_idx[j];
+      b_cur = heavy_b[j];
     }
   };
   const uint64_t blocks = (n_ + alias::kBlock - 1) / alias::kBlock;
