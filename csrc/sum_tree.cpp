@@ -338,10 +338,42 @@ void SumTree::sample_range(uint64_t first_block, uint64_t begin, uint64_t end, i
 // still taken left to right (column c of the eight lines is added to the running sums in
 // order c = 0..7), and, prefix sums being non-decreasing, the last i with prefix[i] <= v is
 // the scalar count j, so blending prefix[i] under that mask selects prefix[j].
+
+// choose_child for eight lanes, from their prefix sums prefix[1..7] and line sums: returns
+// j and turns *u into the offset inside child j.
+__attribute__((target("avx512f,avx512dq"))) inline __m512i choose_children(
+    const __m512d* prefix, __m512d line_sum, __m512d* u) {
+  // v = min(u, just_below(line sum)); the line sum is positive, so just_below is the bit
+  // pattern minus one.
+  const __m512d below_sum = _mm512_castsi512_pd(
+      _mm512_sub_epi64(_mm512_castpd_si512(line_sum), _mm512_set1_epi64(1)));
+  const __m512d target = _mm512_min_pd(*u, below_sum);
+  __m512d chosen_prefix = _mm512_setzero_pd();
+  __m512i j = _mm512_setzero_si512();
+  for (int i = 1; i < 8; ++i) {
+    const __mmask8 at_or_below = _mm512_cmp_pd_mask(prefix[i], target, _CMP_LE_OQ);
+    j = _mm512_mask_add_epi64(j, at_or_below, j, _mm512_set1_epi64(1));
+    chosen_prefix = _mm512_mask_blend_pd(at_or_below, chosen_prefix, prefix[i]);
+  }
+  *u = _mm512_sub_pd(target, chosen_prefix);
+  return j;
+}
+
 __attribute__((target("avx512f,avx512dq"))) void SumTree::sample_range_avx512(
     uint64_t first_block, uint64_t begin, uint64_t end, int64_t* out, double* prob_out) const {
   constexpr int kVectors = kLanes / 8;
   const int top = static_cast<int>(levels_.size()) - 1;
+  // The top level is one line that every lane starts from: its prefix sums are computed
+  // once and broadcast instead of gathered.
+  __m512d top_prefix[8];
+  const double* top_line = levels_[top].data();
+  double running_top = top_line[0];
+  top_prefix[1] = _mm512_set1_pd(running_top);
+  for (int c = 1; c < 8; ++c) {
+    running_top += top_line[c];
+    if (c < 7) top_prefix[c + 1] = _mm512_set1_pd(running_top);
+  }
+  const __m512d top_sum = _mm512_set1_pd(running_top);
   alignas(64) double u_lanes[kLanes];
   alignas(64) uint64_t next[kLanes];
   for (uint64_t base = begin; base < end; base += kLanes) {
@@ -356,38 +388,31 @@ __attribute__((target("avx512f,avx512dq"))) void SumTree::sample_range_avx512(
     __m512d leaf_weight[kVectors];
     for (int v = 0; v < vectors; ++v) {
       u[v] = _mm512_load_pd(u_lanes + 8 * v);
-      node[v] = _mm512_setzero_si512();
+      node[v] = choose_children(top_prefix, top_sum, &u[v]);
+      if (top == 0) leaf_weight[v] = _mm512_i64gather_pd(node[v], top_line, 8);
+      _mm512_store_si512(next + 8 * v, node[v]);
     }
-    for (int level = top; level >= 0; --level) {
+    if (top > 0) {
+      const double* below = levels_[top - 1].data();
+      for (uint64_t g = 0; g < lanes; ++g) __builtin_prefetch(below + next[g] * kFanout);
+    }
+    for (int level = top - 1; level >= 0; --level) {
       const double* entries = levels_[level].data();
       for (int v = 0; v < vectors; ++v) {
         const __m512i first = _mm512_slli_epi64(node[v], 3);  // node * kFanout
-        __m512d column = _mm512_i64gather_pd(first, entries, 8);
-        __m512d running = column;
-        __m512d chosen_prefix = _mm512_setzero_pd();
-        __m512i j = _mm512_setzero_si512();
         __m512d prefix[8];
+        __m512d running = _mm512_i64gather_pd(first, entries, 8);
         prefix[1] = running;
         for (int c = 1; c < 8; ++c) {
-          column = _mm512_i64gather_pd(_mm512_add_epi64(first, _mm512_set1_epi64(c)), entries, 8);
-          running = _mm512_add_pd(running, column);
+          const __m512i at = _mm512_add_epi64(first, _mm512_set1_epi64(c));
+          running = _mm512_add_pd(running, _mm512_i64gather_pd(at, entries, 8));
           if (c < 7) prefix[c + 1] = running;
         }
-        // v = min(u, just_below(line sum)); the line sum is positive, so just_below is the
-        // bit pattern minus one.
-        const __m512d below_sum = _mm512_castsi512_pd(
-            _mm512_sub_epi64(_mm512_castpd_si512(running), _mm512_set1_epi64(1)));
-        const __m512d target = _mm512_min_pd(u[v], below_sum);
-        for (int i = 1; i < 8; ++i) {
-          const __mmask8 at_or_below = _mm512_cmp_pd_mask(prefix[i], target, _CMP_LE_OQ);
-          j = _mm512_mask_add_epi64(j, at_or_below, j, _mm512_set1_epi64(1));
-          chosen_prefix = _mm512_mask_blend_pd(at_or_below, chosen_prefix, prefix[i]);
-        }
-        u[v] = _mm512_sub_pd(target, chosen_prefix);
-        if (level == 0) {
-          leaf_weight[v] = _mm512_i64gather_pd(_mm512_add_epi64(first, j), entries, 8);
-        }
+        const __m512i j = choose_children(prefix, running, &u[v]);
         node[v] = _mm512_add_epi64(first, j);
+        if (level == 0 && prob_out != nullptr) {
+          leaf_weight[v] = _mm512_i64gather_pd(node[v], entries, 8);
+        }
         if (level > 0) _mm512_store_si512(next + 8 * v, node[v]);
       }
       if (level > 0) {
@@ -396,13 +421,11 @@ __attribute__((target("avx512f,avx512dq"))) void SumTree::sample_range_avx512(
       }
     }
     alignas(64) int64_t idx[kLanes];
-    alignas(64) double weight[kLanes];
-    for (int v = 0; v < vectors; ++v) {
-      _mm512_store_si512(idx + 8 * v, node[v]);
-      _mm512_store_pd(weight + 8 * v, leaf_weight[v]);
-    }
+    for (int v = 0; v < vectors; ++v) _mm512_store_si512(idx + 8 * v, node[v]);
     std::copy(idx, idx + lanes, out + base);
     if (prob_out != nullptr) {
+      alignas(64) double weight[kLanes];
+      for (int v = 0; v < vectors; ++v) _mm512_store_pd(weight + 8 * v, leaf_weight[v]);
       for (uint64_t g = 0; g < lanes; ++g) prob_out[base + g] = weight[g] / total_;
     }
   }

@@ -77,6 +77,8 @@ def as_indices(x: Any, name: str = "indices") -> np.ndarray:
 
 def as_count(k: Any, name: str = "k") -> int:
     """A non-negative Python int from an integer-like `k` (bools and floats are refused)."""
+    if type(k) is int and k >= 0:  # the common case, checked first: sample() is per step
+        return k
     if isinstance(k, (bool, float, np.floating)):
         raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
     if isinstance(k, torch.Tensor) and (k.is_floating_point() or k.dtype == torch.bool):
