@@ -147,7 +147,62 @@ __attribute__((target("avx512f,avx512dq"))) size_t list_lights_avx512(
 }
 #endif
 
+size_t list_heavies_scalar(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+                           uint64_t* idx, uint64_t* surplus) {
+  size_t count = 0;
+  for (uint64_t k = begin; k < end; ++k) {
+    const double u = units(w[k]);
+    idx[count] = k;
+    surplus[count] = u < 0x1p11 ? to_fixed_below_2048(std::max(u, 1.0)) - kOneUnit : kBigSurplus;
+    count += u >= 1.0;
+  }
+  return count;
+}
+
+#if FASTIS_HAVE_AVX512
+// list_heavies_scalar, eight items per step with compressing stores.
+__attribute__((target("avx512f,avx512dq"))) size_t list_heavies_avx512(
+    const double* w, uint64_t begin, uint64_t end, UnitScale units, uint64_t* idx,
+    uint64_t* surplus) {
+  const __m512d pre_a = _mm512_set1_pd(units.pre_a);
+  const __m512d pre_b = _mm512_set1_pd(units.pre_b);
+  const __m512d scale = _mm512_set1_pd(units.scale);
+  const __m512d one = _mm512_set1_pd(1.0);
+  const __m512d big = _mm512_set1_pd(0x1p11);
+  const __m512d two52 = _mm512_set1_pd(0x1p52);
+  const __m512i one_unit = _mm512_set1_epi64(static_cast<int64_t>(kOneUnit));
+  const __m512i big_surplus = _mm512_set1_epi64(static_cast<int64_t>(kBigSurplus));
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  size_t count = 0;
+  uint64_t k = begin;
+  for (; k + 8 <= end; k += 8) {
+    const __m512d u = _mm512_mul_pd(
+        _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(w + k), pre_a), pre_b), scale);
+    const __mmask8 heavy = _mm512_cmp_pd_mask(u, one, _CMP_GE_OQ);
+    const __mmask8 huge = _mm512_cmp_pd_mask(u, big, _CMP_GE_OQ);
+    // Heavies below 2^11 units: u * 2^52 is an integer below 2^63, converted exactly.
+    const __m512i q = _mm512_cvttpd_epi64(_mm512_mul_pd(u, two52));
+    const __m512i s = _mm512_mask_blend_epi64(huge, _mm512_sub_epi64(q, one_unit), big_surplus);
+    _mm512_mask_compressstoreu_epi64(
+        idx + count, heavy, _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(k)), lane));
+    _mm512_mask_compressstoreu_epi64(surplus + count, heavy, s);
+    count += static_cast<size_t>(__builtin_popcount(heavy));
+  }
+  return count + list_heavies_scalar(w, k, end, units, idx + count, surplus + count);
+}
+#endif
+
 }  // namespace
+
+size_t list_heavies(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+                    uint64_t* idx, uint64_t* surplus) {
+#if FASTIS_HAVE_AVX512
+  if (simd_enabled(Simd::kAvx512)) {
+    return list_heavies_avx512(w, begin, end, units, idx, surplus);
+  }
+#endif
+  return list_heavies_scalar(w, begin, end, units, idx, surplus);
+}
 
 size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
                    uint64_t* idx, double* unit, uint64_t* deficit) {

@@ -55,6 +55,14 @@ void classify(const double* w, uint64_t begin, uint64_t end, UnitScale units,
 size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
                    uint64_t* idx, double* unit, uint64_t* deficit);
 
+// Lists the heavies among items [begin, end) in index order: their indices and surpluses
+// u - 1 in fixed point, into arrays with room for end - begin entries; a surplus of
+// kBigSurplus stands for one of 2^63 or more (u >= 2^11), to be recomputed with to_fixed.
+// Returns how many there are.
+constexpr uint64_t kBigSurplus = ~uint64_t{0};
+size_t list_heavies(const double* w, uint64_t begin, uint64_t end, UnitScale units,
+                    uint64_t* idx, uint64_t* surplus);
+
 // The heavy items as a bitmask, plus per-block deficit and surplus sums for the searches.
 class Classes {
  public:

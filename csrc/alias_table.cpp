@@ -1,16 +1,16 @@
 #include "alias_table.hpp"
 
 #include <algorithm>
-#include <limits>
-#include <tuple>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
+#include <limits>
 #include <stdexcept>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
-#include "ingest.hpp"
 #include "alias_classes.hpp"
+#include "ingest.hpp"
 #include "parallel.hpp"
 
 namespace fastis {
@@ -18,22 +18,34 @@ namespace fastis {
 namespace {
 
 constexpr uint64_t kLanes = 32;
-
-// mask ? a : b for a float or double, through its bits (mask is all ones or all zeros).
-template <class F>
-F select_bits(uint64_t mask, F a, F b) {
-  using Bits = std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>;
-  Bits x, y;
-  std::memcpy(&x, &a, sizeof x);
-  std::memcpy(&y, &b, sizeof y);
-  const Bits m = static_cast<Bits>(mask);
-  const Bits r = (x & m) | (y & ~m);
-  F out;
-  std::memcpy(&out, &r, sizeof out);
-  return out;
-}
 // A piece of 1,024 draws is ~4 us of work, well above the pool's hand-off cost (~1 us).
 constexpr uint64_t kMinDrawsPerThread = 1024;
+// Items scanned at a time for the heavies a block of lights may close.
+constexpr uint64_t kHeavyWindow = 128;
+
+// An entry's keep-probability as raw bits (uint32 for float, uint64 for double), so that
+// the build's merge can select and store entries with integer operations only.
+template <class Entry>
+using KeepBits = std::conditional_t<sizeof(Entry::keep) == 4, uint32_t, uint64_t>;
+
+template <class Entry>
+KeepBits<Entry> keep_bits(double keep) {
+  const auto narrowed = static_cast<decltype(Entry::keep)>(keep);
+  KeepBits<Entry> bits;
+  std::memcpy(&bits, &narrowed, sizeof bits);
+  return bits;
+}
+
+template <class Entry>
+void store_entry(Entry* at, KeepBits<Entry> keep, uint64_t alias) {
+  if constexpr (sizeof(Entry) == 8) {  // {float keep, uint32 alias}: one 8-byte store
+    const uint64_t packed = static_cast<uint64_t>(keep) | (alias << 32);
+    std::memcpy(at, &packed, sizeof packed);
+  } else {
+    std::memcpy(&at->keep, &keep, sizeof keep);
+    at->alias = alias;
+  }
+}
 
 }  // namespace
 
@@ -142,10 +154,15 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
   auto walk = [&](uint64_t block_begin, uint64_t block_end) {
     uint64_t cur = kNone;  // the heavy serving the previous light, and B through it
     Mass b_cur = 0;
-    std::vector<uint64_t> light_idx(alias::kBlock), light_deficit(alias::kBlock), heavy_idx;
+    std::vector<uint64_t> light_idx(alias::kBlock), light_deficit(alias::kBlock);
     std::vector<double> light_unit(alias::kBlock);
-    std::vector<int64_t> light_thr(alias::kBlock), heavy_rel;
-    std::vector<Mass> heavy_b;
+    std::vector<KeepBits<Entry>> light_keep(alias::kBlock);
+    std::vector<int64_t> light_thr(alias::kBlock);
+    // Heavies listed for a block (grown as needed), one spare for the one past the end.
+    std::vector<uint64_t> heavy_idx(alias::kBlock);
+    std::vector<int64_t> heavy_rel(alias::kBlock);
+    std::vector<Mass> heavy_b(alias::kBlock);
+    uint64_t window_idx[kHeavyWindow], window_surplus[kHeavyWindow];
     for (uint64_t block = block_begin; block < block_end; ++block) {
       const uint64_t first = block * alias::kBlock;
       const uint64_t stop = std::min(n_, first + alias::kBlock);
@@ -158,6 +175,7 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
         light_thr[l] = a;
         a += static_cast<int64_t>(light_deficit[l]);
       }
+      for (size_t l = 0; l < lights; ++l) light_keep[l] = keep_bits<Entry>(light_unit[l]);
       if (lights == 0) continue;
       if (cur == kNone) {  // the piece's first lights: find the cursor by search
         const uint64_t before = classes.previous(light_idx[0], false);
@@ -169,59 +187,74 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
         }
       }
       // The heavies from the cursor on, until one reaches past the block's last threshold.
-      heavy_idx.assign(1, cur);
-      heavy_b.assign(1, b_cur);
+      // They are listed a window of items at a time. B - r >= -2^52 (the cursor reached
+      // the threshold before the block's first light), and the clamp of the relative
+      // value stays above every threshold of the block (< 2^62).
+      constexpr uint64_t kClamp = (uint64_t{1} << 62) + (uint64_t{1} << 53);
+      auto relative = [r](Mass b) {
+        return static_cast<int64_t>(std::min<Mass>(b + Mass{kOneUnit} - r, kClamp)) -
+               static_cast<int64_t>(kOneUnit);
+      };
       const Mass limit = r + static_cast<Mass>(a);
       bool exhausted = false;
-      while (heavy_b.back() < limit) {
-        const uint64_t following = classes.next(heavy_idx.back() + 1, true);
-        if (following == kNone) {
+      size_t heavies = 1;
+      heavy_idx[0] = cur;
+      heavy_b[0] = b_cur;
+      heavy_rel[0] = relative(b_cur);
+      Mass b = b_cur;
+      for (uint64_t pos = cur + 1; b < limit; pos += kHeavyWindow) {
+        if (pos >= n_) {
           exhausted = true;
           break;
         }
-        heavy_idx.push_back(following);
-        heavy_b.push_back(heavy_b.back() + surplus(following));
-      }
-      // B - r >= -2^52 (the cursor reached the threshold before the block's first
-      // light), and the clamp stays above every threshold of the block (< 2^62).
-      constexpr uint64_t kClamp = (uint64_t{1} << 62) + (uint64_t{1} << 53);
-      heavy_rel.resize(heavy_b.size());
-      for (size_t h = 0; h < heavy_b.size(); ++h) {
-        const Mass shifted = heavy_b[h] + Mass{kOneUnit} - r;
-        heavy_rel[h] = static_cast<int64_t>(std::min<Mass>(shifted, kClamp)) -
-                       static_cast<int64_t>(kOneUnit);
+        const size_t found = alias::list_heavies(w, pos, std::min(n_, pos + kHeavyWindow),
+                                                 unit_scale, window_idx, window_surplus);
+        if (heavy_idx.size() < heavies + found + 1) {
+          heavy_idx.resize(2 * (heavies + found + 1));
+          heavy_b.resize(heavy_idx.size());
+          heavy_rel.resize(heavy_idx.size());
+        }
+        for (size_t h = 0; h < found && b < limit; ++h, ++heavies) {
+          const uint64_t k = window_idx[h];
+          b += window_surplus[h] != alias::kBigSurplus ? Mass{window_surplus[h]} : surplus(k);
+          heavy_idx[heavies] = k;
+          heavy_b[heavies] = b;
+          heavy_rel[heavies] = relative(b);
+        }
       }
       // A heavy past the end, so that the merge may read heavy j + 1 without a check; with
       // the list exhausted it even serves lights, which the fix-up below turns into
       // leftovers.
-      heavy_idx.push_back(last_heavy);
-      heavy_rel.push_back(std::numeric_limits<int64_t>::max());
-      size_t i = 0, j = 0;
-      while (i < lights) {
-        const int64_t thr = light_thr[i];
-        const int64_t b = heavy_rel[j];
+      heavy_idx[heavies] = last_heavy;
+      heavy_rel[heavies] = std::numeric_limits<int64_t>::max();
+      auto step = [&](size_t& li, size_t& hj) {
+        const int64_t thr = light_thr[li];
+        const int64_t b = heavy_rel[hj];
         const bool serve = b >= thr;
-        // Closing heavy j keeps 1 - (thr - b) of its bucket: exact, as thr - b <= 2^52
-        // then. Unsigned arithmetic: when serving, the value is unused and may wrap.
-        const uint64_t gap = static_cast<uint64_t>(thr) - static_cast<uint64_t>(b);
-        const auto kept = static_cast<Keep>(static_cast<double>(kOneUnit - gap) * 0x1p-52);
+        // Closing heavy hj keeps 1 - (thr - b) of its bucket: exact, as thr - b <= 2^52
+        // then (when serving, the value is unused).
+        const auto kept = keep_bits<Entry>(
+            static_cast<double>(static_cast<int64_t>(kOneUnit) - (thr - b)) * 0x1p-52);
         // Selects by mask, which the compiler cannot turn back into a branch.
         const uint64_t mask = uint64_t{0} - static_cast<uint64_t>(serve);
-        const uint64_t dst = (light_idx[i] & mask) | (heavy_idx[j] & ~mask);
-        const uint64_t to = (heavy_idx[j] & mask) | (heavy_idx[j + 1] & ~mask);
-        const auto keep = static_cast<Keep>(light_unit[i]);
-        t[dst] = Entry{select_bits(mask, keep, kept), static_cast<Alias>(to)};
-        i += serve;
-        j += 1 - static_cast<size_t>(serve);
-      }
+        const auto keep_mask = static_cast<KeepBits<Entry>>(mask);
+        const uint64_t heavy = heavy_idx[hj];
+        const uint64_t dst = (light_idx[li] & mask) | (heavy & ~mask);
+        const uint64_t to = (heavy & mask) | (heavy_idx[hj + 1] & ~mask);
+        store_entry(t + dst, (light_keep[li] & keep_mask) | (kept & ~keep_mask), to);
+        li += serve;
+        hj += 1 - static_cast<size_t>(serve);
+      };
+      size_t i = 0, j = 0;
+      while (i < lights) step(i, j);
       if (exhausted) {
         // Lights beyond the last heavy's reach are left over; the last heavy itself is
         // rewritten as a leftover by the final step.
-        const int64_t reach = heavy_rel[heavy_rel.size() - 2];
+        const int64_t reach = heavy_rel[heavies - 1];
         for (size_t l = 0; l < lights; ++l) {
           if (light_thr[l] > reach) t[light_idx[l]] = leftover(light_idx[l]);
         }
-        j = std::min(j, heavy_b.size() - 1);
+        j = std::min(j, heavies - 1);
       }
       cur = heavy_idx[j];
       b_cur = heavy_b[j];
