@@ -8,6 +8,41 @@ namespace alias {
 
 namespace {
 
+#if FASTIS_HAVE_AVX512
+// The unit scale and the fixed-point conversion for eight items at a time: the same
+// operations in the same order as UnitScale and to_fixed_below_2048, so bit-identical.
+struct Units8 {
+  __m512d pre_a, pre_b, scale;
+  __m512d one = _mm512_set1_pd(1.0);
+  __m512d two52 = _mm512_set1_pd(0x1p52);
+  __m512d half = _mm512_set1_pd(0.5);
+  __m512i one_unit = _mm512_set1_epi64(static_cast<int64_t>(kOneUnit));
+  __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+
+  __attribute__((target("avx512f"))) explicit Units8(UnitScale units)
+      : pre_a(_mm512_set1_pd(units.pre_a)),
+        pre_b(_mm512_set1_pd(units.pre_b)),
+        scale(_mm512_set1_pd(units.scale)) {}
+
+  // u for w[0..7].
+  __attribute__((target("avx512f"))) __m512d operator()(const double* w) const {
+    return _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(w), pre_a), pre_b), scale);
+  }
+
+  // The indices k .. k + 7.
+  __attribute__((target("avx512f"))) __m512i indices(uint64_t k) const {
+    return _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(k)), lane);
+  }
+
+  // to_fixed_below_2048(u) per lane (meaningful for u < 2^11).
+  __attribute__((target("avx512f,avx512dq"))) __m512i fixed(__m512d u) const {
+    const __m512d scaled = _mm512_mul_pd(u, two52);
+    const __mmask8 below_one = _mm512_cmp_pd_mask(scaled, two52, _CMP_LT_OQ);
+    return _mm512_cvttpd_epi64(_mm512_mask_add_pd(scaled, below_one, scaled, half));
+  }
+};
+#endif
+
 // classify(), one item at a time.
 // Light and heavy items alternate at random, so there is no branch on the kind: with
 // c = min(q, 1), a light adds 1 - c to the deficits and a heavy q - c to the surpluses (the
@@ -44,14 +79,8 @@ void classify_scalar(const double* w, uint64_t begin, uint64_t end, UnitScale un
 __attribute__((target("avx512f,avx512dq"))) void classify_avx512(
     const double* w, uint64_t begin, uint64_t end, UnitScale units, uint64_t* heavy_words,
     uint64_t* deficit, Mass* surplus) {
-  const __m512d pre_a = _mm512_set1_pd(units.pre_a);
-  const __m512d pre_b = _mm512_set1_pd(units.pre_b);
-  const __m512d scale = _mm512_set1_pd(units.scale);
-  const __m512d one = _mm512_set1_pd(1.0);
+  const Units8 lanes(units);
   const __m512d big = _mm512_set1_pd(0x1p11);
-  const __m512d two52 = _mm512_set1_pd(0x1p52);
-  const __m512d half = _mm512_set1_pd(0.5);
-  const __m512i one_unit = _mm512_set1_epi64(static_cast<int64_t>(kOneUnit));
   const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFF);
   __m512i d = _mm512_setzero_si512();
   __m512i s_low = _mm512_setzero_si512();
@@ -62,9 +91,8 @@ __attribute__((target("avx512f,avx512dq"))) void classify_avx512(
   for (; k + 64 <= end; k += 64) {
     uint64_t bits = 0;
     for (int g = 0; g < 8; ++g) {
-      const __m512d u = _mm512_mul_pd(
-          _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(w + k + 8 * g), pre_a), pre_b), scale);
-      const __mmask8 heavy = _mm512_cmp_pd_mask(u, one, _CMP_GE_OQ);
+      const __m512d u = lanes(w + k + 8 * g);
+      const __mmask8 heavy = _mm512_cmp_pd_mask(u, lanes.one, _CMP_GE_OQ);
       bits |= static_cast<uint64_t>(heavy) << (8 * g);
       if (_mm512_cmp_pd_mask(u, big, _CMP_GE_OQ) != 0) [[unlikely]] {
         uint64_t unused;
@@ -72,12 +100,9 @@ __attribute__((target("avx512f,avx512dq"))) void classify_avx512(
                         &rest_surplus);
         continue;
       }
-      const __m512d scaled = _mm512_mul_pd(u, two52);
-      const __mmask8 below_one = _mm512_cmp_pd_mask(scaled, two52, _CMP_LT_OQ);
-      const __m512d rounded = _mm512_mask_add_pd(scaled, below_one, scaled, half);
-      const __m512i q = _mm512_cvttpd_epi64(rounded);
-      const __m512i c = _mm512_min_epu64(q, one_unit);
-      d = _mm512_add_epi64(d, _mm512_sub_epi64(one_unit, c));
+      const __m512i q = lanes.fixed(u);
+      const __m512i c = _mm512_min_epu64(q, lanes.one_unit);
+      d = _mm512_add_epi64(d, _mm512_sub_epi64(lanes.one_unit, c));
       const __m512i extra = _mm512_sub_epi64(q, c);
       s_low = _mm512_add_epi64(s_low, _mm512_and_si512(extra, low32));
       s_high = _mm512_add_epi64(s_high, _mm512_srli_epi64(extra, 32));
@@ -121,26 +146,17 @@ size_t list_lights_scalar(const double* w, uint64_t begin, uint64_t end, UnitSca
 __attribute__((target("avx512f,avx512dq"))) size_t list_lights_avx512(
     const double* w, uint64_t begin, uint64_t end, UnitScale units, uint64_t* idx,
     double* unit, uint64_t* deficit) {
-  const __m512d pre_a = _mm512_set1_pd(units.pre_a);
-  const __m512d pre_b = _mm512_set1_pd(units.pre_b);
-  const __m512d scale = _mm512_set1_pd(units.scale);
-  const __m512d one = _mm512_set1_pd(1.0);
-  const __m512d two52 = _mm512_set1_pd(0x1p52);
-  const __m512d half = _mm512_set1_pd(0.5);
-  const __m512i one_unit = _mm512_set1_epi64(static_cast<int64_t>(kOneUnit));
-  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const Units8 lanes(units);
   size_t count = 0;
   uint64_t k = begin;
   for (; k + 8 <= end; k += 8) {
-    const __m512d u = _mm512_mul_pd(
-        _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(w + k), pre_a), pre_b), scale);
-    const __mmask8 light = _mm512_cmp_pd_mask(u, one, _CMP_LT_OQ);
-    // Lights only: u < 1, so u * 2^52 + 0.5 rounds as in to_fixed_below_2048.
-    const __m512i q = _mm512_cvttpd_epi64(_mm512_add_pd(_mm512_mul_pd(u, two52), half));
-    _mm512_mask_compressstoreu_epi64(idx + count, light,
-                                     _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(k)), lane));
+    const __m512d u = lanes(w + k);
+    const __mmask8 light = _mm512_cmp_pd_mask(u, lanes.one, _CMP_LT_OQ);
+    const __m512i q = lanes.fixed(u);
+    _mm512_mask_compressstoreu_epi64(idx + count, light, lanes.indices(k));
     _mm512_mask_compressstoreu_pd(unit + count, light, u);
-    _mm512_mask_compressstoreu_epi64(deficit + count, light, _mm512_sub_epi64(one_unit, q));
+    _mm512_mask_compressstoreu_epi64(deficit + count, light,
+                                     _mm512_sub_epi64(lanes.one_unit, q));
     count += static_cast<size_t>(__builtin_popcount(light));
   }
   return count + list_lights_scalar(w, k, end, units, idx + count, unit + count, deficit + count);
@@ -164,27 +180,19 @@ size_t list_heavies_scalar(const double* w, uint64_t begin, uint64_t end, UnitSc
 __attribute__((target("avx512f,avx512dq"))) size_t list_heavies_avx512(
     const double* w, uint64_t begin, uint64_t end, UnitScale units, uint64_t* idx,
     uint64_t* surplus) {
-  const __m512d pre_a = _mm512_set1_pd(units.pre_a);
-  const __m512d pre_b = _mm512_set1_pd(units.pre_b);
-  const __m512d scale = _mm512_set1_pd(units.scale);
-  const __m512d one = _mm512_set1_pd(1.0);
+  const Units8 lanes(units);
   const __m512d big = _mm512_set1_pd(0x1p11);
-  const __m512d two52 = _mm512_set1_pd(0x1p52);
-  const __m512i one_unit = _mm512_set1_epi64(static_cast<int64_t>(kOneUnit));
   const __m512i big_surplus = _mm512_set1_epi64(static_cast<int64_t>(kBigSurplus));
-  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
   size_t count = 0;
   uint64_t k = begin;
   for (; k + 8 <= end; k += 8) {
-    const __m512d u = _mm512_mul_pd(
-        _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(w + k), pre_a), pre_b), scale);
-    const __mmask8 heavy = _mm512_cmp_pd_mask(u, one, _CMP_GE_OQ);
+    const __m512d u = lanes(w + k);
+    const __mmask8 heavy = _mm512_cmp_pd_mask(u, lanes.one, _CMP_GE_OQ);
     const __mmask8 huge = _mm512_cmp_pd_mask(u, big, _CMP_GE_OQ);
-    // Heavies below 2^11 units: u * 2^52 is an integer below 2^63, converted exactly.
-    const __m512i q = _mm512_cvttpd_epi64(_mm512_mul_pd(u, two52));
-    const __m512i s = _mm512_mask_blend_epi64(huge, _mm512_sub_epi64(q, one_unit), big_surplus);
-    _mm512_mask_compressstoreu_epi64(
-        idx + count, heavy, _mm512_add_epi64(_mm512_set1_epi64(static_cast<int64_t>(k)), lane));
+    const __m512i q = lanes.fixed(u);
+    const __m512i s =
+        _mm512_mask_blend_epi64(huge, _mm512_sub_epi64(q, lanes.one_unit), big_surplus);
+    _mm512_mask_compressstoreu_epi64(idx + count, heavy, lanes.indices(k));
     _mm512_mask_compressstoreu_epi64(surplus + count, heavy, s);
     count += static_cast<size_t>(__builtin_popcount(heavy));
   }
@@ -196,32 +204,17 @@ __attribute__((target("avx512f,avx512dq"))) size_t list_heavies_avx512(
 
 size_t list_heavies(const double* w, uint64_t begin, uint64_t end, UnitScale units,
                     uint64_t* idx, uint64_t* surplus) {
-#if FASTIS_HAVE_AVX512
-  if (simd_enabled(Simd::kAvx512)) {
-    return list_heavies_avx512(w, begin, end, units, idx, surplus);
-  }
-#endif
-  return list_heavies_scalar(w, begin, end, units, idx, surplus);
+  return FASTIS_AVX512_OR_SCALAR(list_heavies, w, begin, end, units, idx, surplus);
 }
 
 size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
                    uint64_t* idx, double* unit, uint64_t* deficit) {
-#if FASTIS_HAVE_AVX512
-  if (simd_enabled(Simd::kAvx512)) {
-    return list_lights_avx512(w, begin, end, units, idx, unit, deficit);
-  }
-#endif
-  return list_lights_scalar(w, begin, end, units, idx, unit, deficit);
+  return FASTIS_AVX512_OR_SCALAR(list_lights, w, begin, end, units, idx, unit, deficit);
 }
 
 void classify(const double* w, uint64_t begin, uint64_t end, UnitScale units,
               uint64_t* heavy_words, uint64_t* deficit, Mass* surplus) {
-#if FASTIS_HAVE_AVX512
-  if (simd_enabled(Simd::kAvx512)) {
-    return classify_avx512(w, begin, end, units, heavy_words, deficit, surplus);
-  }
-#endif
-  classify_scalar(w, begin, end, units, heavy_words, deficit, surplus);
+  FASTIS_AVX512_OR_SCALAR(classify, w, begin, end, units, heavy_words, deficit, surplus);
 }
 
 Classes::Classes(const double* w, uint64_t n, UnitScale units)

@@ -5,10 +5,10 @@
 //
 // Why a persistent pool: starting a std::thread costs 20-50 us, more than a whole draw of
 // 1,024 indices, so per-call threads only paid off for huge calls. Pool workers instead
-// spin briefly after each job (kSpinMicroseconds, as OpenMP runtimes do) and then sleep;
-// back-to-back calls, as in a training loop, find them awake. Pieces are claimed one at a
-// time from a shared counter, so the calling thread never waits for a sleeping worker to
-// wake: if the worker is late, the caller simply runs more pieces itself.
+// spin briefly after each job (100 us, kSpin in parallel.cpp, as OpenMP runtimes do) and
+// then sleep; back-to-back calls, as in a training loop, find them awake. Pieces are
+// claimed one at a time from a shared counter, so the calling thread never waits for a
+// sleeping worker to wake: if the worker is late, the caller simply runs more pieces itself.
 #pragma once
 
 #include <algorithm>

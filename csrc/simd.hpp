@@ -20,6 +20,15 @@
 #define FASTIS_VECTOR_CLONES
 #endif
 
+// name##_avx512(args) where the AVX-512 paths run, else name##_scalar(args).
+#if FASTIS_HAVE_AVX512
+#define FASTIS_AVX512_OR_SCALAR(name, ...)                                         \
+  (::fastis::simd_enabled(::fastis::Simd::kAvx512) ? name##_avx512(__VA_ARGS__) \
+                                                   : name##_scalar(__VA_ARGS__))
+#else
+#define FASTIS_AVX512_OR_SCALAR(name, ...) name##_scalar(__VA_ARGS__)
+#endif
+
 namespace fastis {
 
 enum class Simd { kAvx512 };

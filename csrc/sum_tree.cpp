@@ -23,7 +23,8 @@ constexpr uint64_t kLanes = 64;
 // A piece of 256 draws is ~5 us of work, well above the pool's hand-off cost (~1 us).
 constexpr uint64_t kMinDrawsPerThread = 256;
 constexpr uint64_t kMinNodesPerThread = uint64_t{1} << 16;
-// Below this many updates a batch stays on one thread: splitting it costs two passes over it.
+// Below this many updates a batch stays on one thread: splitting it costs each thread a pass
+// over the whole batch.
 constexpr size_t kMinParallelUpdate = size_t{1} << 14;
 
 uint64_t round_up(uint64_t x, uint64_t m) { return (x + m - 1) / m * m; }

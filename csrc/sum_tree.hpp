@@ -33,8 +33,9 @@ class SumTree {
   SumTree(const T* w, uint64_t n);
 
   // Sets w[idx[i]] = weights[i] for i in order (so the last of duplicate indices wins) and
-  // recomputes each dirty ancestor once (single-threaded). Inputs are checked first; if the new total would
-  // overflow to inf the tree is restored and std::overflow_error is thrown.
+  // recomputes each dirty ancestor once; large batches on large trees are split across
+  // threads by leaf range. The caller checks the inputs; if the new total would overflow
+  // to inf, the tree is restored and std::overflow_error is thrown.
   template <class I, class T>
   void update(const I* idx, const T* weights, size_t count);
 
