@@ -162,6 +162,7 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
     std::vector<uint64_t> heavy_idx(alias::kBlock);
     std::vector<int64_t> heavy_rel(alias::kBlock);
     std::vector<Mass> heavy_b(alias::kBlock);
+    std::vector<size_t> rank(alias::kBlock), closer(alias::kBlock);
     uint64_t window_idx[kHeavyWindow], window_surplus[kHeavyWindow];
     for (uint64_t block = block_begin; block < block_end; ++block) {
       const uint64_t first = block * alias::kBlock;
@@ -227,26 +228,74 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
       // leftovers.
       heavy_idx[heavies] = last_heavy;
       heavy_rel[heavies] = std::numeric_limits<int64_t>::max();
-      auto step = [&](size_t& li, size_t& hj) {
-        const int64_t thr = light_thr[li];
-        const int64_t b = heavy_rel[hj];
-        const bool serve = b >= thr;
-        // Closing heavy hj keeps 1 - (thr - b) of its bucket: exact, as thr - b <= 2^52
-        // then (when serving, the value is unused).
-        const auto kept = keep_bits<Entry>(
-            static_cast<double>(static_cast<int64_t>(kOneUnit) - (thr - b)) * 0x1p-52);
-        // Selects by mask, which the compiler cannot turn back into a branch.
-        const uint64_t mask = uint64_t{0} - static_cast<uint64_t>(serve);
-        const auto keep_mask = static_cast<KeepBits<Entry>>(mask);
-        const uint64_t heavy = heavy_idx[hj];
-        const uint64_t dst = (light_idx[li] & mask) | (heavy & ~mask);
-        const uint64_t to = (heavy & mask) | (heavy_idx[hj + 1] & ~mask);
-        store_entry(t + dst, (light_keep[li] & keep_mask) | (kept & ~keep_mask), to);
-        li += serve;
-        hj += 1 - static_cast<size_t>(serve);
+      // The merge, in three passes. First the order of events alone: walking lights and
+      // heavies together, light i is served by heavy rank[i] and heavy j is closed at
+      // light closer[j]; the loop has no branch and a short dependency chain, since light
+      // and heavy thresholds interleave at random. Then the lights' entries and the closed
+      // heavies' entries, two loops whose iterations are independent.
+      if (rank.size() < lights) rank.resize(alias::kBlock);
+      if (closer.size() < heavies + 1) closer.resize(heavy_idx.size());
+      // Four independent stretches of the walk, interleaved to overlap their dependency
+      // chains. The stretch from light i starts after the closes of every heavy below
+      // thr[i] (both lists are sorted: a binary search) and ends with the closes that the
+      // next stretch's first light triggers: (lights) + (closes) events in all.
+      auto closed_before = [&](size_t light) {
+        return static_cast<size_t>(std::lower_bound(heavy_rel.data(),
+                                                    heavy_rel.data() + heavies,
+                                                    light_thr[light]) -
+                                   heavy_rel.data());
       };
-      size_t i = 0, j = 0;
-      while (i < lights) step(i, j);
+      size_t i0 = 0, i1 = lights / 4, i2 = lights / 2, i3 = lights * 3 / 4;
+      size_t j0 = 0, j1 = closed_before(i1), j2 = closed_before(i2), j3 = closed_before(i3);
+      const size_t j1_start = j1, j2_start = j2, j3_start = j3;
+      const size_t j_end = closed_before(lights - 1);  // the heavy serving the last light
+      const size_t steps[4] = {(i1 - i0) + (j1 - j0), (i2 - i1) + (j2 - j1),
+                               (i3 - i2) + (j3 - j2), (lights - i3) + (j_end - j3)};
+      // Both slots are written at every event; the last write to each is the one that
+      // counts (rank[i] at i's serve, closer[j] at j's close), except where two stretches
+      // meet, which is fixed after the walk.
+      auto event = [&](size_t& li, size_t& hj) {
+        const size_t serve = heavy_rel[hj] >= light_thr[li];
+        rank[li] = hj;
+        closer[hj] = li;
+        li += serve;
+        hj += 1 - serve;
+      };
+      const size_t common = std::min({steps[0], steps[1], steps[2], steps[3]});
+      for (size_t e = 0; e < common; ++e) {
+        event(i0, j0);
+        event(i1, j1);
+        event(i2, j2);
+        event(i3, j3);
+      }
+      for (size_t e = common; e < steps[0]; ++e) event(i0, j0);
+      for (size_t e = common; e < steps[1]; ++e) event(i1, j1);
+      for (size_t e = common; e < steps[2]; ++e) event(i2, j2);
+      for (size_t e = common; e < steps[3]; ++e) event(i3, j3);
+      // Where stretch c meets stretch c + 1, at light i_{c+1} and heavy j_{c+1}, both wrote
+      // the two slots: light i_{c+1} is served by heavy j_{c+1} (by the search's
+      // definition), and heavy j_{c+1}, if closed, is closed at the first light above it.
+      for (const auto& [first_light, first_heavy] :
+           {std::pair{lights / 4, j1_start}, std::pair{lights / 2, j2_start},
+            std::pair{lights * 3 / 4, j3_start}}) {
+        rank[first_light] = first_heavy;
+        if (first_heavy < j_end) {
+          closer[first_heavy] = static_cast<size_t>(
+              std::upper_bound(light_thr.data(), light_thr.data() + lights,
+                               heavy_rel[first_heavy]) -
+              light_thr.data());
+        }
+      }
+      size_t j = j_end;
+      for (size_t l = 0; l < lights; ++l) {
+        store_entry(t + light_idx[l], light_keep[l], heavy_idx[rank[l]]);
+      }
+      for (size_t h = 0; h < j; ++h) {
+        // Closing heavy h keeps 1 - (thr - b) of its bucket: exact, as thr - b <= 2^52.
+        const int64_t gap = light_thr[closer[h]] - heavy_rel[h];
+        const double kept = static_cast<double>(static_cast<int64_t>(kOneUnit) - gap) * 0x1p-52;
+        store_entry(t + heavy_idx[h], keep_bits<Entry>(kept), heavy_idx[h + 1]);
+      }
       if (exhausted) {
         // Lights beyond the last heavy's reach are left over; the last heavy itself is
         // rewritten as a leftover by the final step.
