@@ -1,0 +1,253 @@
+"""Per-example importance scores: cross-entropy loss and the norm of its gradient, from
+logits or from a last linear layer, plus their reduction to per-sequence scores.
+
+Scores are float32 tensors [N] on the input's device, never an extra [N, C] tensor beyond
+bounded row chunks. Inputs are checked before any work: a wrong shape, dtype, device or
+target raises an error that names the problem.
+
+Backends: "reference" is the pure-PyTorch implementation in `fastis.reference` (float32,
+chunked). "auto" picks the best available one; the Triton kernels for CUDA tensors are not
+part of this release yet, so "auto" runs the reference everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastis import reference
+from fastis.reference import LinearScores, Scores
+
+__all__ = [
+    "LinearScores",
+    "Scores",
+    "cross_entropy_scores",
+    "linear_cross_entropy_scores",
+    "sequence_scores",
+]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_BACKENDS = ("auto", "reference")
+
+
+def _require_tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _require_float(x: torch.Tensor, name: str, ndim: int) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+
+
+def _require_index(x: torch.Tensor, name: str) -> None:
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(x.shape)}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+
+
+def _require_same_device(tensors: dict[str, torch.Tensor | None]) -> None:
+    present = {name: t.device for name, t in tensors.items() if t is not None}
+    devices = set(present.values())
+    if len(devices) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in present.items())
+        raise ValueError(f"all inputs must be on one device, got {listed}")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def _checked_rows(rows: torch.Tensor | None, num_rows: int) -> torch.Tensor | None:
+    """rows as int64, each in [0, num_rows); IndexError names the first bad one."""
+    if rows is None:
+        return None
+    _require_index(_require_tensor(rows, "rows"), "rows")
+    rows = rows.long()
+    bad = (rows < 0) | (rows >= num_rows)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise IndexError(f"rows[{first}] = {int(rows[first])} is outside [0, {num_rows})")
+    return rows
+
+
+def _checked_target(
+    target: torch.Tensor, expected: int, num_classes: int, ignore_index: int, what: str
+) -> torch.Tensor:
+    """target as int64 of length `expected`, each in [0, num_classes) or ignore_index."""
+    _require_index(target, "target")
+    if target.shape[0] != expected:
+        raise ValueError(f"target has {target.shape[0]} entries but {what} has {expected}")
+    target = target.long()
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"target[{first}] = {int(target[first])} is outside [0, {num_classes}) and is not "
+            f"ignore_index ({ignore_index})"
+        )
+    return target
+
+
+def cross_entropy_scores(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    rows: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> Scores:
+    """Per-row cross-entropy loss and the Katharopoulos & Fleuret (2018) upper-bound score
+    ||softmax(z) - onehot(y)||_2 (the norm of the loss gradient w.r.t. the logits).
+
+    Args:
+        logits: [N, C] float16, bfloat16, float32 or float64, any strides; C >= 1.
+        target: integer [N] (or [len(rows)]): class indices in [0, C), or ignore_index.
+        ignore_index: rows with this target score loss 0 and grad_norm 0.
+        rows: optional integer [M], rows of logits to score (target[i] belongs to row
+            rows[i]); the other rows are never read.
+        backend: "auto" or "reference" (see the module docstring).
+
+    Returns:
+        Scores(loss, grad_norm): float32 [N] (or [M]), accumulated in float32.
+    """
+    _check_backend(backend)
+    logits = _require_tensor(logits, "logits")
+    target = _require_tensor(target, "target")
+    _require_float(logits, "logits", 2)
+    _require_same_device({"logits": logits, "target": target, "rows": rows})
+    num_rows, num_classes = logits.shape
+    if num_classes < 1:
+        raise ValueError("logits must have at least one class (C >= 1)")
+    rows = _checked_rows(rows, num_rows)
+    expected, what = (num_rows, "logits") if rows is None else (rows.shape[0], "rows")
+    target = _checked_target(target, expected, num_classes, ignore_index, what)
+    return reference.cross_entropy_scores(logits, target, ignore_index=ignore_index, rows=rows)
+
+
+def linear_cross_entropy_scores(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    rows: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> LinearScores:
+    """Scores of a last linear layer followed by cross-entropy, logits = hidden @ weight^T
+    (+ bias), computed a tile at a time so the [N, C] logits are never held whole.
+
+    Args:
+        hidden: [N, D] float; weight: [C, D] float; bias: optional [C] float.
+        target, ignore_index, rows, backend: as in cross_entropy_scores.
+
+    Returns:
+        LinearScores(loss, grad_norm, weight_grad_norm): float32 [N] (or [M]);
+        weight_grad_norm is the exact per-example Frobenius norm of the gradient of the
+        loss w.r.t. the layer's weight (and bias), grad_norm * sqrt(||h||^2 (+ 1)).
+    """
+    _check_backend(backend)
+    hidden = _require_tensor(hidden, "hidden")
+    weight = _require_tensor(weight, "weight")
+    target = _require_tensor(target, "target")
+    _require_float(hidden, "hidden", 2)
+    _require_float(weight, "weight", 2)
+    if bias is not None:
+        _require_float(_require_tensor(bias, "bias"), "bias", 1)
+    _require_same_device(
+        {"hidden": hidden, "weight": weight, "target": target, "bias": bias, "rows": rows}
+    )
+    num_rows, features = hidden.shape
+    num_classes = weight.shape[0]
+    if weight.shape[1] != features:
+        raise ValueError(
+            f"weight must be [C, {features}] to match hidden [N, {features}], "
+            f"got {tuple(weight.shape)}"
+        )
+    if num_classes < 1:
+        raise ValueError("weight must have at least one class (C >= 1)")
+    if bias is not None and bias.shape[0] != num_classes:
+        raise ValueError(f"bias has {bias.shape[0]} entries but weight has {num_classes} rows")
+    rows = _checked_rows(rows, num_rows)
+    expected, what = (num_rows, "hidden") if rows is None else (rows.shape[0], "rows")
+    target = _checked_target(target, expected, num_classes, ignore_index, what)
+    return reference.linear_cross_entropy_scores(
+        hidden, weight, target, bias=bias, ignore_index=ignore_index, rows=rows
+    )
+
+
+def sequence_scores(
+    scores: Scores,
+    target: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    sequence_ids: torch.Tensor | None = None,
+    num_sequences: int | None = None,
+) -> Scores:
+    """Token scores reduced to per-sequence scores: the mean loss over the sequence's
+    scored tokens (0 if none) and the root of the sum of squared token gradient norms (the
+    Katharopoulos & Fleuret bound w.r.t. all of the sequence's logits).
+
+    Args:
+        scores: token Scores, each field [B, T] (one sequence per row) or [N].
+        target: the tokens' targets, same shape; ignore_index marks tokens not scored.
+        sequence_ids: with [N] scores, int64 [N] in [0, num_sequences): each token's
+            sequence (tokens of a sequence need not be contiguous).
+        num_sequences: the number of sequences S (given, so no device sync is needed).
+
+    Returns:
+        Scores [B] or [S], float32.
+    """
+    loss, grad_norm = (_require_tensor(t, name) for t, name in zip(scores, Scores._fields))
+    target = _require_tensor(target, "target")
+    if loss.shape != target.shape or grad_norm.shape != target.shape:
+        raise ValueError(
+            f"scores {tuple(loss.shape)} / {tuple(grad_norm.shape)} and target "
+            f"{tuple(target.shape)} must have the same shape"
+        )
+    _require_same_device({"loss": loss, "grad_norm": grad_norm, "target": target})
+    counted = (target != ignore_index).float()
+    squares = grad_norm.float().square() * counted
+    if sequence_ids is None:
+        if loss.ndim != 2:
+            raise ValueError(
+                "without sequence_ids, scores must be [B, T] (one sequence per row), "
+                f"got shape {tuple(loss.shape)}"
+            )
+        if num_sequences is not None:
+            raise ValueError("num_sequences goes with sequence_ids")
+        tokens = counted.sum(dim=1)
+        loss_sum = (loss.float() * counted).sum(dim=1)
+        square_sum = squares.sum(dim=1)
+    else:
+        _require_index(_require_tensor(sequence_ids, "sequence_ids"), "sequence_ids")
+        if loss.ndim != 1 or sequence_ids.shape != loss.shape:
+            raise ValueError(
+                f"with sequence_ids, scores, target and sequence_ids must all be [N], got "
+                f"{tuple(loss.shape)} and {tuple(sequence_ids.shape)}"
+            )
+        if num_sequences is None or num_sequences < 0:
+            raise ValueError("sequence_ids needs num_sequences >= 0")
+        _require_same_device({"loss": loss, "sequence_ids": sequence_ids})
+        ids = sequence_ids.long()
+        bad = (ids < 0) | (ids >= num_sequences)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            raise IndexError(
+                f"sequence_ids[{first}] = {int(ids[first])} is outside [0, {num_sequences})"
+            )
+
+        def per_sequence(values: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(num_sequences, dtype=torch.float32, device=values.device)
+            return out.index_add_(0, ids, values)
+
+        tokens = per_sequence(counted)
+        loss_sum = per_sequence(loss.float() * counted)
+        square_sum = per_sequence(squares)
+    mean_loss = torch.where(tokens > 0, loss_sum / tokens.clamp(min=1.0), 0.0)
+    return Scores(mean_loss, torch.sqrt(square_sum))
