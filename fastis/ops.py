@@ -21,6 +21,7 @@ __all__ = [
     "LinearScores",
     "Scores",
     "cross_entropy_scores",
+    "cross_entropy_with_scores",
     "linear_cross_entropy_scores",
     "sequence_scores",
 ]
@@ -127,6 +128,73 @@ def cross_entropy_scores(
     expected, what = (num_rows, "logits") if rows is None else (rows.shape[0], "rows")
     target = _checked_target(target, expected, num_classes, ignore_index, what)
     return reference.cross_entropy_scores(logits, target, ignore_index=ignore_index, rows=rows)
+
+
+class _CrossEntropyWithScores(torch.autograd.Function):
+    """Per-example weighted cross-entropy whose forward also yields the scores. The backward
+    reuses the forward's log-sum-exp and holds one [N, C] buffer, the gradient itself."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index):
+        lse = torch.empty(target.shape[0], dtype=torch.float32, device=logits.device)
+        scores = reference.cross_entropy_scores(
+            logits.detach(), target, ignore_index=ignore_index, lse_out=lse
+        )
+        ctx.save_for_backward(logits, target, lse, scores.loss, weight)
+        ctx.ignore_index = ignore_index
+        ctx.mark_non_differentiable(scores.loss, scores.grad_norm)
+        # A separate tensor from the (non-differentiable) score, float32 like the scores.
+        loss = scores.loss.clone() if weight is None else scores.loss * weight.float()
+        return loss, scores.loss, scores.grad_norm
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_score_loss, _grad_score_norm):
+        logits, target, lse, loss, weight = ctx.saved_tensors
+        scale = grad_loss.float() if weight is None else grad_loss.float() * weight.float()
+        grad = reference.cross_entropy_backward(
+            logits.detach(), target, lse, loss, scale, ignore_index=ctx.ignore_index
+        )
+        return grad, None, None, None
+
+
+def cross_entropy_with_scores(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, Scores]:
+    """Differentiable per-example cross-entropy that also returns the scores of the same
+    pass, for training on importance-sampled batches.
+
+    Args:
+        logits: [N, C] float, requiring grad or not.
+        target: integer [N]; ignore_index rows have loss 0 and no gradient.
+        weight: optional float [N], per-example weights (importance weights); the returned
+            loss is weight * cross-entropy, and its gradient honours both the weights and
+            the incoming gradient (they are folded in before anything is summed).
+
+    Returns:
+        (loss, scores): loss float32 [N], differentiable w.r.t. logits; scores
+        (Scores, float32 [N], not differentiable) of the unweighted loss.
+    """
+    logits = _require_tensor(logits, "logits")
+    target = _require_tensor(target, "target")
+    _require_float(logits, "logits", 2)
+    if weight is not None:
+        _require_float(_require_tensor(weight, "weight"), "weight", 1)
+        if weight.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"weight has {weight.shape[0]} entries but logits has {logits.shape[0]} rows"
+            )
+    _require_same_device({"logits": logits, "target": target, "weight": weight})
+    if logits.shape[1] < 1:
+        raise ValueError("logits must have at least one class (C >= 1)")
+    target = _checked_target(target, logits.shape[0], logits.shape[1], ignore_index, "logits")
+    loss, score_loss, grad_norm = _CrossEntropyWithScores.apply(
+        logits, target, weight, ignore_index
+    )
+    return loss, Scores(score_loss, grad_norm)
 
 
 def linear_cross_entropy_scores(

@@ -96,6 +96,11 @@ def _merge(a: _RowStats, b: _RowStats) -> _RowStats:
     )
 
 
+def log_sum_exp(s: _RowStats) -> torch.Tensor:
+    """log sum_j e^(z_j) per row."""
+    return s.m + torch.log(s.d)
+
+
 def _finish(s: _RowStats) -> Scores:
     """Loss and gradient norm from row statistics (see the module docstring)."""
     gap = s.m - s.z_y
@@ -121,11 +126,13 @@ def cross_entropy_scores(
     ignore_index: int = -100,
     rows: torch.Tensor | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    lse_out: torch.Tensor | None = None,
 ) -> Scores:
     """Per-row cross-entropy loss and ||softmax - onehot|| of logits [N, C] (float32, float16
     or bfloat16, any strides) against int64 target [M]; M = N, or M = len(rows) when rows
     (int64 [M]) selects the rows to score (target[i] belongs to row rows[i]). Returns
-    float32 Scores [M]; rows whose target is ignore_index score 0."""
+    float32 Scores [M]; rows whose target is ignore_index score 0. lse_out (float32 [M]),
+    if given, receives each row's log-sum-exp (for a backward pass)."""
     num_classes = logits.shape[1]
     count = target.shape[0]
     loss = torch.zeros(count, dtype=torch.float32, device=logits.device)
@@ -137,9 +144,40 @@ def cross_entropy_scores(
         z = logits[picked].float()
         y = target[begin:end]
         keep = y != ignore_index
-        scores = _finish(_stats(z, torch.where(keep, y, 0)))
-        loss[begin:end], grad_norm[begin:end] = _blank_ignored(scores, keep)
+        stats = _stats(z, torch.where(keep, y, 0))
+        loss[begin:end], grad_norm[begin:end] = _blank_ignored(_finish(stats), keep)
+        if lse_out is not None:
+            lse_out[begin:end] = log_sum_exp(stats)
     return Scores(loss, grad_norm)
+
+
+def cross_entropy_backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+    loss: torch.Tensor,
+    row_scale: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """d/dz of sum_i row_scale_i * loss_i: row_scale_i * (softmax(z_i) - onehot(y_i)), from
+    the forward's log-sum-exp and loss (float32 [N]); rows with ignore_index get 0. One
+    [N, C] buffer in the logits' dtype (the result), filled a row chunk at a time."""
+    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    step = _chunk_rows(logits.shape[1], chunk_elements)
+    for begin in range(0, logits.shape[0], step):
+        end = min(logits.shape[0], begin + step)
+        y = target[begin:end]
+        keep = y != ignore_index
+        scale = torch.where(keep, row_scale[begin:end].float(), 0.0)
+        g = torch.exp(logits[begin:end].float() - lse[begin:end, None])
+        # The target's entry p_y - 1 = expm1(-loss): exact even when p_y rounds to 1 (the
+        # loss itself was computed without cancellation).
+        y_safe = torch.where(keep, y, 0)[:, None]
+        g.scatter_(1, y_safe, torch.expm1(-loss[begin:end, None]))
+        grad[begin:end] = g * scale[:, None]
+    return grad
 
 
 def linear_cross_entropy_scores(

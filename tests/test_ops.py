@@ -32,7 +32,7 @@ def oracle(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNOR
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / |want| over the entries (entries where want = 0 must be exact)."""
-    got, want = got.double(), want.double()
+    got, want = got.detach().double(), want.detach().double()
     if got.numel() == 0:
         return 0.0
     zero = want == 0
@@ -295,3 +295,49 @@ def test_linear_bad_input():
         ops.linear_cross_entropy_scores(h, w, y, bias=torch.zeros(4))
     with pytest.raises(ValueError, match=r"target\[0\] = 5"):
         ops.linear_cross_entropy_scores(h, w, torch.tensor([5, 0, 0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_weighted_backward_equals_autograd(dtype, weighted):
+    n, c = 77, 123
+    logits = make_logits(n, c, 30).to(dtype)
+    target = make_target(n, c, 30, ignored=0.2)
+    g = torch.Generator().manual_seed(31)
+    weight = (torch.rand(n, generator=g) * 3).to(dtype) if weighted else None
+    upstream = torch.randn(n, generator=g)  # an arbitrary incoming gradient per example
+
+    ours = logits.clone().requires_grad_(True)
+    loss, scores = ops.cross_entropy_with_scores(ours, target, weight=weight)
+    (loss * upstream).sum().backward()
+
+    theirs = logits.double().clone().requires_grad_(True)
+    ce = F.cross_entropy(theirs, target, reduction="none", ignore_index=IGNORE)
+    want = ce if weight is None else ce * weight.double()
+    (want * upstream.double()).sum().backward()
+
+    assert loss.dtype == torch.float32
+    assert relative_error(loss, want.detach()) <= 1e-5
+    # The same scores as cross_entropy_scores (to summation order: PyTorch's CPU sums may
+    # differ in the last bit between two copies of the same values).
+    plain = ops.cross_entropy_scores(logits, target)
+    assert torch.allclose(scores.loss, plain.loss, rtol=1e-6, atol=0)
+    assert torch.allclose(scores.grad_norm, plain.grad_norm, rtol=1e-6, atol=0)
+    assert ours.grad.dtype == dtype
+    tolerance = 1e-5 if dtype != torch.bfloat16 else 1e-2
+    err = (ours.grad.double() - theirs.grad).abs().max() / theirs.grad.abs().max()
+    assert float(err) <= tolerance
+    assert torch.all(ours.grad[target == IGNORE] == 0)
+
+
+def test_backward_keeps_confident_rows_gradient():
+    # p_y rounds to 1 in float32; the target entry of the gradient must still be
+    # -(1 - p_y) ~ -1e-7, not 0.
+    c = 507
+    z = torch.zeros(1, c)
+    z[0, 3] = math.log(c / 1e-7)
+    z.requires_grad_(True)
+    loss, _ = ops.cross_entropy_with_scores(z, torch.tensor([3]))
+    loss.sum().backward()
+    want = torch.softmax(z.detach().double(), 1)[0, 3] - 1
+    assert math.isclose(float(z.grad[0, 3]), float(want), rel_tol=1e-4)
