@@ -6,11 +6,16 @@ bounded row chunks. Inputs are checked before any work: a wrong shape, dtype, de
 target raises an error that names the problem.
 
 Backends: "reference" is the pure-PyTorch implementation in `fastis.reference` (float32,
-chunked). "auto" picks the best available one; the Triton kernels for CUDA tensors are not
-part of this release yet, so "auto" runs the reference everywhere.
+chunked); "triton" runs the kernels in `fastis.triton_kernels`, on CUDA tensors, or on CPU
+tensors when TRITON_INTERPRET=1 (slow: for tests); "auto" takes Triton for CUDA tensors when
+it is installed, the reference otherwise. So far only cross_entropy_scores has a Triton
+kernel: linear_cross_entropy_scores refuses backend="triton", and "auto" runs its reference.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 
@@ -27,7 +32,7 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_BACKENDS = ("auto", "reference")
+_BACKENDS = ("auto", "reference", "triton")
 
 
 def _require_tensor(x: object, name: str) -> torch.Tensor:
@@ -61,6 +66,19 @@ def _require_same_device(tensors: dict[str, torch.Tensor | None]) -> None:
 def _check_backend(backend: str) -> None:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def _use_triton(backend: str, device: torch.device) -> bool:
+    """Whether to run the Triton kernel: backend "triton" (refused where it cannot run) or
+    "auto" on a CUDA device with Triton installed."""
+    installed = importlib.util.find_spec("triton") is not None
+    runnable = installed and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if backend == "triton" and not runnable:
+        raise ValueError(
+            "backend='triton' needs Triton installed and CUDA tensors (or TRITON_INTERPRET=1 "
+            "for CPU tensors)"
+        )
+    return backend == "triton" or (backend == "auto" and installed and device.type == "cuda")
 
 
 def _checked_rows(rows: torch.Tensor | None, num_rows: int) -> torch.Tensor | None:
@@ -127,6 +145,10 @@ def cross_entropy_scores(
     rows = _checked_rows(rows, num_rows)
     expected, what = (num_rows, "logits") if rows is None else (rows.shape[0], "rows")
     target = _checked_target(target, expected, num_classes, ignore_index, what)
+    if _use_triton(backend, logits.device):
+        from fastis.triton_kernels import cross_entropy_scores as kernel
+
+        return kernel.cross_entropy_scores(logits, target, ignore_index=ignore_index, rows=rows)
     return reference.cross_entropy_scores(logits, target, ignore_index=ignore_index, rows=rows)
 
 
@@ -244,6 +266,11 @@ def linear_cross_entropy_scores(
     rows = _checked_rows(rows, num_rows)
     expected, what = (num_rows, "hidden") if rows is None else (rows.shape[0], "rows")
     target = _checked_target(target, expected, num_classes, ignore_index, what)
+    if backend == "triton":
+        raise ValueError(
+            "linear_cross_entropy_scores has no Triton kernel yet; use backend='auto' or "
+            "'reference'"
+        )
     return reference.linear_cross_entropy_scores(
         hidden, weight, target, bias=bias, ignore_index=ignore_index, rows=rows
     )

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter (slow:
+    # the kernel tests keep their sizes small). Set before any kernel module is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 from helpers import STRUCTURE_IDS, STRUCTURES
 

@@ -4,6 +4,7 @@ exact per-example gradient norm against autograd, sequence reduction, and bad in
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -11,6 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from fastis import ops, reference
+
+# cross_entropy_scores runs on both backends; Triton (interpreted on CPU, see conftest.py)
+# only where it is installed.
+BACKENDS = [
+    "reference",
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("triton") is None, reason="Triton is not installed"
+        ),
+    ),
+]
 
 torch.set_default_dtype(torch.float32)
 
@@ -53,11 +66,12 @@ def make_target(n: int, c: int, seed: int, ignored: float = 0.1) -> torch.Tensor
     return y
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("c", [1, 2, 123, 507, 4099, 32000])
 @pytest.mark.parametrize("n", [0, 1, 77, 289])
-def test_float32_matches_float64(n, c):
+def test_float32_matches_float64(n, c, backend):
     logits, target = make_logits(n, c, seed=n * 7 + c), make_target(n, c, seed=c)
-    s = ops.cross_entropy_scores(logits, target)
+    s = ops.cross_entropy_scores(logits, target, backend=backend)
     assert s.loss.dtype == s.grad_norm.dtype == torch.float32
     assert s.loss.shape == s.grad_norm.shape == (n,)
     loss, grad_norm = oracle(logits, target)
@@ -65,15 +79,16 @@ def test_float32_matches_float64(n, c):
     assert relative_error(s.grad_norm, grad_norm) <= 1e-5
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("c", [123, 4099])
-def test_half_inputs_at_most_twice_torch_same_dtype_error(dtype, c):
+def test_half_inputs_at_most_twice_torch_same_dtype_error(dtype, c, backend):
     # The flash-attention rule: the error of fastis on half-precision inputs is at most
     # twice that of PyTorch doing the same computation in that dtype. Both are compared with
     # float64 on the same rounded inputs.
     logits = make_logits(289, c, seed=c).to(dtype)
     target = make_target(289, c, seed=c, ignored=0.0)
-    s = ops.cross_entropy_scores(logits, target)
+    s = ops.cross_entropy_scores(logits, target, backend=backend)
     loss, grad_norm = oracle(logits, target)
     torch_loss = F.cross_entropy(logits, target, reduction="none")
     torch_grad_norm = (logits.softmax(dim=1) - F.one_hot(target, c).to(dtype)).norm(dim=1)
@@ -85,7 +100,8 @@ def test_half_inputs_at_most_twice_torch_same_dtype_error(dtype, c):
     assert max_abs(s.grad_norm, grad_norm) <= 2 * max_abs(torch_grad_norm, grad_norm)
 
 
-def test_hard_rows():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hard_rows(backend):
     c = 507
     rows, targets = [], []
     # all-equal logits: loss = log C, grad_norm = sqrt(1 - 1/C)
@@ -116,7 +132,7 @@ def test_hard_rows():
     rows.append(make_logits(1, c, 6)[0])
     targets.append(IGNORE)
     logits, target = torch.stack(rows), torch.tensor(targets)
-    s = ops.cross_entropy_scores(logits, target)
+    s = ops.cross_entropy_scores(logits, target, backend=backend)
     loss, grad_norm = oracle(logits, target)
     assert relative_error(s.loss, loss) <= 1e-5
     assert relative_error(s.grad_norm, grad_norm) <= 1e-5
@@ -142,31 +158,33 @@ def test_naive_float32_formulas_would_fail_the_confident_rows():
     assert relative_error(s.loss, loss) <= 1e-5 and relative_error(s.grad_norm, grad_norm) <= 1e-5
 
 
-def test_nan_row_stays_in_its_row():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_row_stays_in_its_row(backend):
     logits = make_logits(5, 123, 9)
     logits[2, 17] = float("nan")
     target = torch.tensor([1, 2, 3, 4, 5])
-    s = ops.cross_entropy_scores(logits, target)
+    s = ops.cross_entropy_scores(logits, target, backend=backend)
     assert torch.isnan(s.loss[2]) and torch.isnan(s.grad_norm[2])
     others = torch.tensor([0, 1, 3, 4])
-    clean = ops.cross_entropy_scores(logits[others], target[others])
+    clean = ops.cross_entropy_scores(logits[others], target[others], backend=backend)
     assert torch.equal(s.loss[others], clean.loss)
     assert torch.equal(s.grad_norm[others], clean.grad_norm)
 
 
-def test_rows_subset_equals_gathered_rows_and_any_strides():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_subset_equals_gathered_rows_and_any_strides(backend):
     logits = make_logits(289, 4099, 10)
     target = make_target(289, 4099, 10)
     rows = torch.tensor([288, 0, 5, 5, 100])
-    s = ops.cross_entropy_scores(logits, target[rows], rows=rows)
-    gathered = ops.cross_entropy_scores(logits[rows].contiguous(), target[rows])
+    s = ops.cross_entropy_scores(logits, target[rows], rows=rows, backend=backend)
+    gathered = ops.cross_entropy_scores(logits[rows].contiguous(), target[rows], backend=backend)
     assert torch.equal(s.loss, gathered.loss) and torch.equal(s.grad_norm, gathered.grad_norm)
     # A strided view (every other column of a wider tensor) and a transposed layout: read
     # in place, as accurate as contiguous input (summation order may differ by an ulp).
     y = make_target(77, 123, 11)
     for strided in (make_logits(77, 2 * 123, 11)[:, ::2], make_logits(123, 77, 12).T):
         assert not strided.is_contiguous()
-        s = ops.cross_entropy_scores(strided, y)
+        s = ops.cross_entropy_scores(strided, y, backend=backend)
         loss, grad_norm = oracle(strided, y)
         assert relative_error(s.loss, loss) <= 1e-5
         assert relative_error(s.grad_norm, grad_norm) <= 1e-5
@@ -341,3 +359,20 @@ def test_backward_keeps_confident_rows_gradient():
     loss.sum().backward()
     want = torch.softmax(z.detach().double(), 1)[0, 3] - 1
     assert math.isclose(float(z.grad[0, 3]), float(want), rel_tol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+@pytest.mark.parametrize("block", [16, 128])
+def test_triton_kernel_rescales_across_tiles(block):
+    # Narrow tiles and rows whose maximum keeps moving (ascending logits): the online
+    # statistics are rescaled at every tile, d and d_y by e^(m_old - m_new), q_y by its square.
+    from fastis.triton_kernels import cross_entropy_scores as kernel
+
+    c = 507
+    ascending = torch.linspace(-30.0, 30.0, c).repeat(4, 1)
+    logits = torch.cat([ascending, make_logits(4, c, 40)])
+    target = torch.tensor([0, 250, c - 1, 100, 3, 4, 5, 6])
+    s = kernel.cross_entropy_scores(logits, target, block=block)
+    loss, grad_norm = oracle(logits, target)
+    assert relative_error(s.loss, loss) <= 1e-5
+    assert relative_error(s.grad_norm, grad_norm) <= 1e-5
