@@ -24,15 +24,11 @@ per-metric time budget; a method is skipped at a size where one call would take 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import math
 import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -41,6 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional, Union
 
+import benchlib
 import numpy as np
 import torch
 
@@ -607,19 +604,6 @@ def table_rows(rows: list[Row], methods: dict[str, Method | Unavailable], tol: f
     return out
 
 
-def render_text(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(str(c).ljust(wd) for c, wd in zip(r, widths)).rstrip() for r in rows]
-    head = "  ".join(h.ljust(wd) for h, wd in zip(headers, widths)).rstrip()
-    return "\n".join([head, "-" * len(head), *lines])
-
-
-def render_md(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 class Results:
     def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
@@ -766,47 +750,16 @@ def target_table(results: Results, sizes: list[int]) -> tuple[list[str], list[li
 # --------------------------------------------------------------------------------------------
 
 
-def shell(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def environment(argv: list[str], fastis: Any, fastis_err: str, trl_err: str) -> dict[str, str]:
-    model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in shell(["lscpu"]).splitlines()
-            if ln.startswith("Model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    mem_kib = next(
-        (
-            int(ln.split()[1])
-            for ln in Path("/proc/meminfo").read_text().splitlines()
-            if ln.startswith("MemTotal")
-        ),
-        0,
-    )
-    head = shell(["git", "rev-parse", "--short", "HEAD"]).strip() or "no commit"
-    dirty = "dirty" if shell(["git", "status", "--porcelain"]).strip() else "clean"
     import scipy
 
+    env = benchlib.environment(argv)
     return {
-        "command": "python " + " ".join(shlex.quote(a) for a in argv),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{model}, {_cpu_count()} cores, {mem_kib / 2**20:.1f} GiB RAM",
-        "python": platform.python_version(),
-        "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op threads)",
-        "numpy": np.__version__,
+        **{k: v for k, v in env.items() if k not in ("git", "load average at start", "CPU busy")},
         "scipy": scipy.__version__,
         "torchrl": _torchrl_version(trl_err),
         "fastis": _fastis_version(fastis, fastis_err),
-        "git": f"{head} ({dirty})",
-        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "CPU busy": cpu_busy(),
+        **{k: env[k] for k in ("git", "load average at start", "CPU busy")},
     }
 
 
@@ -815,27 +768,6 @@ def _fastis_version(fastis: ModuleType | None, err: str) -> str:
         return f"n/a ({err})"
     where = Path(fastis.__file__).resolve().parent
     return f"{getattr(fastis, '__version__', '?')} from {where}"
-
-
-def cpu_busy(interval: float = 0.5) -> str:
-    """Share of the CPUs busy (any process) over a short interval: timings need an idle box."""
-
-    def ticks() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    try:
-        total0, idle0 = ticks()
-        time.sleep(interval)
-        total1, idle1 = ticks()
-    except (OSError, ValueError, IndexError):
-        return "unknown"
-    busy = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-    return f"{100 * busy:.0f}% over {interval:g} s before the run"
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _torchrl_version(err: str) -> str:
@@ -859,14 +791,14 @@ def report(
     for n in sizes:
         cells = table_rows([r for r in rows if r.n == n], by_key, tols[n])
         title = f"n = {fmt_n(n)}  (IS: 1 +- {tols[n]:.4f} at 2 sigma; s = sigma)"
-        text += ["", title, render_text(TABLE_HEADERS, cells)]
-        md += ["", f"## {title}", "", render_md(TABLE_HEADERS, cells)]
+        text += ["", title, benchlib.render_text(TABLE_HEADERS, cells)]
+        md += ["", f"## {title}", "", benchlib.render_md(TABLE_HEADERS, cells)]
     headers, cells = ratio_table(results, sizes)
-    text += ["", "Ratios", render_text(headers, cells)]
-    md += ["", "## Ratios", "", render_md(headers, cells)]
+    text += ["", "Ratios", benchlib.render_text(headers, cells)]
+    md += ["", "## Ratios", "", benchlib.render_md(headers, cells)]
     headers, cells, records = target_table(results, sizes)
-    text += ["", "Targets", render_text(headers, cells)]
-    md += ["", "## Targets", "", render_md(headers, cells), "", NOTES]
+    text += ["", "Targets", benchlib.render_text(headers, cells)]
+    md += ["", "## Targets", "", benchlib.render_md(headers, cells), "", NOTES]
     return "\n".join(text), "\n".join(md) + "\n", records
 
 
@@ -880,12 +812,7 @@ scan_lower_bound(u * total). torch.multinomial / WeightedRandomSampler refuse n 
 
 
 def output_paths(out: str | None, quick: bool) -> tuple[Path, Path]:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"bench_sampler-{stamp}{'-quick' if quick else ''}.md"
-    path = Path(out) if out else DEFAULT_OUT_DIR / name
-    if path.is_dir() or (out and out.endswith("/")):
-        path = path / name
-    return path, path.with_suffix(".json")
+    return benchlib.output_paths(out, "bench_sampler-quick" if quick else "bench_sampler")
 
 
 # --------------------------------------------------------------------------------------------
