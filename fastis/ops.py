@@ -8,8 +8,8 @@ target raises an error that names the problem.
 Backends: "reference" is the pure-PyTorch implementation in `fastis.reference` (float32,
 chunked); "triton" runs the kernels in `fastis.triton_kernels`, on CUDA tensors, or on CPU
 tensors when TRITON_INTERPRET=1 (slow: for tests); "auto" takes Triton for CUDA tensors when
-it is installed, the reference otherwise. So far only cross_entropy_scores has a Triton
-kernel: linear_cross_entropy_scores refuses backend="triton", and "auto" runs its reference.
+it is installed, the reference otherwise. cross_entropy_with_scores and sequence_scores run
+in PyTorch on every device.
 """
 
 from __future__ import annotations
@@ -266,10 +266,11 @@ def linear_cross_entropy_scores(
     rows = _checked_rows(rows, num_rows)
     expected, what = (num_rows, "hidden") if rows is None else (rows.shape[0], "rows")
     target = _checked_target(target, expected, num_classes, ignore_index, what)
-    if backend == "triton":
-        raise ValueError(
-            "linear_cross_entropy_scores has no Triton kernel yet; use backend='auto' or "
-            "'reference'"
+    if _use_triton(backend, hidden.device):
+        from fastis.triton_kernels import linear_cross_entropy_scores as kernel
+
+        return kernel.linear_cross_entropy_scores(
+            hidden, weight, target, bias=bias, ignore_index=ignore_index, rows=rows
         )
     return reference.linear_cross_entropy_scores(
         hidden, weight, target, bias=bias, ignore_index=ignore_index, rows=rows

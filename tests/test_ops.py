@@ -217,16 +217,17 @@ def per_example_weight_grad_norm(hidden, weight, bias, target):
     return torch.tensor(norms, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("c", [1, 123, 507])
-def test_linear_scores_match_logits_and_autograd(with_bias, c):
+def test_linear_scores_match_logits_and_autograd(with_bias, c, backend):
     n, features = 77, 33
     g = torch.Generator().manual_seed(c)
     hidden = torch.randn(n, features, generator=g)
     weight = torch.randn(c, features, generator=g) * 0.3
     bias = torch.randn(c, generator=g) if with_bias else None
     target = make_target(n, c, seed=c)
-    s = ops.linear_cross_entropy_scores(hidden, weight, target, bias=bias)
+    s = ops.linear_cross_entropy_scores(hidden, weight, target, bias=bias, backend=backend)
     logits = hidden.double() @ weight.double().T + (0 if bias is None else bias.double())
     loss, grad_norm = oracle(logits, target)
     assert relative_error(s.loss, loss) <= 1e-5
@@ -376,3 +377,44 @@ def test_triton_kernel_rescales_across_tiles(block):
     loss, grad_norm = oracle(logits, target)
     assert relative_error(s.loss, loss) <= 1e-5
     assert relative_error(s.grad_norm, grad_norm) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_rows_subset_and_half_inputs(backend):
+    n, features, c = 77, 40, 300
+    g = torch.Generator().manual_seed(41)
+    hidden = torch.randn(n, features, generator=g)
+    weight = torch.randn(c, features, generator=g) * 0.3
+    target = make_target(n, c, seed=41)
+    rows = torch.tensor([76, 0, 3, 3, 40])
+    s = ops.linear_cross_entropy_scores(hidden, weight, target[rows], rows=rows, backend=backend)
+    full = ops.linear_cross_entropy_scores(hidden, weight, target, backend=backend)
+    for got, want in zip(s, full):
+        assert torch.allclose(got, want[rows], rtol=1e-6, atol=0)
+    # bfloat16 operands: float32 accumulation, so no worse than the bfloat16 logits' own error.
+    h16, w16 = hidden.bfloat16(), weight.bfloat16()
+    s16 = ops.linear_cross_entropy_scores(h16, w16, target, backend=backend)
+    loss, grad_norm = oracle(h16.double() @ w16.double().T, target)
+    assert relative_error(s16.loss, loss) <= 1e-4
+    assert relative_error(s16.grad_norm, grad_norm) <= 1e-4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_triton_linear_kernel_merges_class_tiles():
+    # Many class tiles, feature tiles and row blocks, with a ragged last tile of each.
+    from fastis.triton_kernels import linear_cross_entropy_scores as kernel
+
+    n, features, c = 37, 50, 211
+    g = torch.Generator().manual_seed(42)
+    hidden = torch.randn(n, features, generator=g) * 2
+    weight = torch.randn(c, features, generator=g)
+    bias = torch.randn(c, generator=g)
+    target = make_target(n, c, seed=42)
+    s = kernel.linear_cross_entropy_scores(
+        hidden, weight, target, bias=bias, block_n=16, block_c=16, block_d=16
+    )
+    loss, grad_norm = oracle(hidden.double() @ weight.double().T + bias.double(), target)
+    assert relative_error(s.loss, loss) <= 1e-5
+    assert relative_error(s.grad_norm, grad_norm) <= 1e-5
+    exact = per_example_weight_grad_norm(hidden, weight, bias, target)
+    assert relative_error(s.weight_grad_norm, exact) <= 1e-5
