@@ -81,12 +81,17 @@ def _use_triton(backend: str, device: torch.device) -> bool:
     return backend == "triton" or (backend == "auto" and installed and device.type == "cuda")
 
 
-def _checked_rows(rows: torch.Tensor | None, num_rows: int) -> torch.Tensor | None:
-    """rows as int64, each in [0, num_rows); IndexError names the first bad one."""
+def _checked_rows(
+    rows: torch.Tensor | None, num_rows: int, validate: bool = True
+) -> torch.Tensor | None:
+    """rows as int64, each in [0, num_rows) (checked if validate); IndexError names the first
+    bad one."""
     if rows is None:
         return None
     _require_index(_require_tensor(rows, "rows"), "rows")
     rows = rows.long()
+    if not validate:
+        return rows
     bad = (rows < 0) | (rows >= num_rows)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
@@ -95,13 +100,21 @@ def _checked_rows(rows: torch.Tensor | None, num_rows: int) -> torch.Tensor | No
 
 
 def _checked_target(
-    target: torch.Tensor, expected: int, num_classes: int, ignore_index: int, what: str
+    target: torch.Tensor,
+    expected: int,
+    num_classes: int,
+    ignore_index: int,
+    what: str,
+    validate: bool = True,
 ) -> torch.Tensor:
-    """target as int64 of length `expected`, each in [0, num_classes) or ignore_index."""
+    """target as int64 of length `expected`, each in [0, num_classes) or ignore_index
+    (values checked if validate: reading them is a device sync on CUDA)."""
     _require_index(target, "target")
     if target.shape[0] != expected:
         raise ValueError(f"target has {target.shape[0]} entries but {what} has {expected}")
     target = target.long()
+    if not validate:
+        return target
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
@@ -119,6 +132,7 @@ def cross_entropy_scores(
     ignore_index: int = -100,
     rows: torch.Tensor | None = None,
     backend: str = "auto",
+    validate: bool = True,
 ) -> Scores:
     """Per-row cross-entropy loss and the Katharopoulos & Fleuret (2018) upper-bound score
     ||softmax(z) - onehot(y)||_2 (the norm of the loss gradient w.r.t. the logits).
@@ -129,7 +143,11 @@ def cross_entropy_scores(
         ignore_index: rows with this target score loss 0 and grad_norm 0.
         rows: optional integer [M], rows of logits to score (target[i] belongs to row
             rows[i]); the other rows are never read.
-        backend: "auto" or "reference" (see the module docstring).
+        backend: "auto", "reference" or "triton" (see the module docstring).
+        validate: check target values and rows on the host (a device sync on CUDA). With
+            False nothing synchronises (the call can be captured in a CUDA graph): an
+            out-of-range target or row is never read, and its row scores NaN on the Triton
+            backend (the reference backend still raises, from PyTorch's indexing).
 
     Returns:
         Scores(loss, grad_norm): float32 [N] (or [M]), accumulated in float32.
@@ -142,9 +160,9 @@ def cross_entropy_scores(
     num_rows, num_classes = logits.shape
     if num_classes < 1:
         raise ValueError("logits must have at least one class (C >= 1)")
-    rows = _checked_rows(rows, num_rows)
+    rows = _checked_rows(rows, num_rows, validate)
     expected, what = (num_rows, "logits") if rows is None else (rows.shape[0], "rows")
-    target = _checked_target(target, expected, num_classes, ignore_index, what)
+    target = _checked_target(target, expected, num_classes, ignore_index, what, validate)
     if _use_triton(backend, logits.device):
         from fastis.triton_kernels import cross_entropy_scores as kernel
 
@@ -228,13 +246,14 @@ def linear_cross_entropy_scores(
     ignore_index: int = -100,
     rows: torch.Tensor | None = None,
     backend: str = "auto",
+    validate: bool = True,
 ) -> LinearScores:
     """Scores of a last linear layer followed by cross-entropy, logits = hidden @ weight^T
     (+ bias), computed a tile at a time so the [N, C] logits are never held whole.
 
     Args:
         hidden: [N, D] float; weight: [C, D] float; bias: optional [C] float.
-        target, ignore_index, rows, backend: as in cross_entropy_scores.
+        target, ignore_index, rows, backend, validate: as in cross_entropy_scores.
 
     Returns:
         LinearScores(loss, grad_norm, weight_grad_norm): float32 [N] (or [M]);
@@ -263,9 +282,9 @@ def linear_cross_entropy_scores(
         raise ValueError("weight must have at least one class (C >= 1)")
     if bias is not None and bias.shape[0] != num_classes:
         raise ValueError(f"bias has {bias.shape[0]} entries but weight has {num_classes} rows")
-    rows = _checked_rows(rows, num_rows)
+    rows = _checked_rows(rows, num_rows, validate)
     expected, what = (num_rows, "hidden") if rows is None else (rows.shape[0], "rows")
-    target = _checked_target(target, expected, num_classes, ignore_index, what)
+    target = _checked_target(target, expected, num_classes, ignore_index, what, validate)
     if _use_triton(backend, hidden.device):
         from fastis.triton_kernels import linear_cross_entropy_scores as kernel
 

@@ -418,3 +418,27 @@ def test_triton_linear_kernel_merges_class_tiles():
     assert relative_error(s.grad_norm, grad_norm) <= 1e-5
     exact = per_example_weight_grad_norm(hidden, weight, bias, target)
     assert relative_error(s.weight_grad_norm, exact) <= 1e-5
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_unvalidated_bad_targets_and_rows_score_nan_without_reading():
+    # validate=False skips the host-side checks (no device sync, CUDA-graph capturable); the
+    # kernels then guard every read and mark the offending rows NaN.
+    logits, hidden, weight = make_logits(6, 50, 50), make_logits(6, 8, 51), make_logits(50, 8, 52)
+    target = torch.tensor([1, 50, -3, IGNORE, 4, 5])
+    rows = torch.tensor([0, 1, 2, 3, 6, -1])
+    for s in (
+        ops.cross_entropy_scores(logits, target, rows=rows, backend="triton", validate=False),
+        ops.linear_cross_entropy_scores(
+            hidden, weight, target, rows=rows, backend="triton", validate=False
+        ),
+    ):
+        for field in s:
+            assert torch.isnan(field[[1, 2, 4, 5]]).all()
+            assert field[3] == 0 and torch.isfinite(field[0])
+    good = ops.cross_entropy_scores(logits[:1], target[:1])
+    s = ops.cross_entropy_scores(logits, target, rows=rows, backend="triton", validate=False)
+    assert torch.allclose(s.loss[:1], good.loss, rtol=1e-6)
+    # The reference backend reads through PyTorch indexing, which refuses on its own.
+    with pytest.raises((RuntimeError, IndexError)):
+        ops.cross_entropy_scores(logits, target, backend="reference", validate=False)

@@ -49,6 +49,7 @@ def _cross_entropy_scores_kernel(
     rows_ptr,
     loss_ptr,
     grad_norm_ptr,
+    num_rows,
     num_classes,
     ignore_index,
     LOG1P_GAP: tl.constexpr,
@@ -62,7 +63,11 @@ def _cross_entropy_scores_kernel(
     else:
         row = i
     keep = y != ignore_index
-    y = tl.where(keep, y, 0)
+    # An out-of-range target or row (possible when the caller skipped validation to avoid
+    # a device sync) is never read: the row scores NaN instead.
+    valid = (y >= 0) & (y < num_classes) & (row >= 0) & (row < num_rows)
+    y = tl.where(keep & valid, y, 0)
+    row = tl.where(valid, row, 0)
     base = logits_ptr + row * stride_row
     z_y = tl.load(base + y * stride_col).to(tl.float32)
     m = tl.full((), float("-inf"), tl.float32)
@@ -86,8 +91,8 @@ def _cross_entropy_scores_kernel(
     loss = tl.where(near_max, _log1p(d_y * tl.exp(tl.where(near_max, gap, 0.0))), gap + tl.log(d))
     one_minus_p_y = _one_minus_exp_neg(loss)
     grad_norm = tl.sqrt(one_minus_p_y * one_minus_p_y + q_y / (d * d))
-    tl.store(loss_ptr + i, tl.where(keep, loss, 0.0))
-    tl.store(grad_norm_ptr + i, tl.where(keep, grad_norm, 0.0))
+    tl.store(loss_ptr + i, tl.where(keep, tl.where(valid, loss, float("nan")), 0.0))
+    tl.store(grad_norm_ptr + i, tl.where(keep, tl.where(valid, grad_norm, float("nan")), 0.0))
 
 
 def cross_entropy_scores(
@@ -117,6 +122,7 @@ def cross_entropy_scores(
         target if rows is None else rows,  # not read without rows
         loss,
         grad_norm,
+        logits.shape[0],
         num_classes,
         ignore_index,
         LOG1P_GAP=_LOG1P_GAP,

@@ -31,6 +31,7 @@ def _linear_cross_entropy_scores_kernel(
     grad_norm_ptr,
     weight_grad_norm_ptr,
     count,
+    num_rows,
     num_classes,
     features,
     ignore_index,
@@ -50,7 +51,11 @@ def _linear_cross_entropy_scores_kernel(
     else:
         row = tl.where(live, i, 0)
     keep = live & (y != ignore_index)
-    y = tl.where(keep, y, 0)
+    # An out-of-range target or row (validation skipped by the caller) is never read: its
+    # scores are NaN.
+    valid = (y >= 0) & (y < num_classes) & (row >= 0) & (row < num_rows)
+    y = tl.where(keep & valid, y, 0)
+    row = tl.where(valid, row, 0)
     dims = tl.arange(0, BLOCK_D).to(tl.int64)
 
     # ||h||^2 per row, in float32.
@@ -110,8 +115,10 @@ def _linear_cross_entropy_scores_kernel(
     if HAS_BIAS:
         h_norm_sq += 1.0
     weight_grad_norm = grad_norm * tl.sqrt(h_norm_sq)
-    tl.store(loss_ptr + i, tl.where(keep, loss, 0.0), mask=live)
-    tl.store(grad_norm_ptr + i, tl.where(keep, grad_norm, 0.0), mask=live)
+    nan = float("nan")
+    tl.store(loss_ptr + i, tl.where(keep, tl.where(valid, loss, nan), 0.0), mask=live)
+    tl.store(grad_norm_ptr + i, tl.where(keep, tl.where(valid, grad_norm, nan), 0.0), mask=live)
+    weight_grad_norm = tl.where(valid, weight_grad_norm, nan)
     tl.store(weight_grad_norm_ptr + i, tl.where(keep, weight_grad_norm, 0.0), mask=live)
 
 
@@ -152,6 +159,7 @@ def linear_cross_entropy_scores(
         target if rows is None else rows,  # not read without rows
         *out,
         count,
+        hidden.shape[0],
         weight.shape[0],
         weight.shape[1],
         ignore_index,
