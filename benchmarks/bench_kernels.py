@@ -31,6 +31,9 @@ from fastis import ops
 
 CPU_SHAPES = "1024x32000,4096x4096,256x128256"
 GPU_SHAPES = "8192x32000,65536x128256"
+# N x D x C of the fused linear layer + scores.
+CPU_LINEAR_SHAPES = "1024x256x32000"
+GPU_LINEAR_SHAPES = "16384x4096x128256"
 
 
 def eager_scores(logits: torch.Tensor, target: torch.Tensor):
@@ -124,12 +127,48 @@ def providers(device: torch.device, compile_too: bool) -> dict[str, Callable]:
     return out
 
 
+def linear_providers(device: torch.device) -> dict[str, Callable]:
+    """Scores of logits = hidden @ weight^T: fastis (never holding the logits), the bare
+    matmul alone (the floor the fused op is compared with), and matmul + eager scores."""
+    backend = "triton" if device.type == "cuda" else "reference"
+    return {
+        f"fastis linear ({backend})": lambda h, w, y: ops.linear_cross_entropy_scores(
+            h, w, y, backend=backend
+        ),
+        "bare matmul h @ W^T": lambda h, w, y: h @ w.T,
+        "matmul + eager scores": lambda h, w, y: eager_scores(h @ w.T, y),
+    }
+
+
+def measure_linear(text: str, dtype: torch.dtype, device: torch.device, repeats: int) -> list:
+    n, features, c = (int(x) for x in text.lower().split("x"))
+    g = torch.Generator(device=device).manual_seed(0)
+    hidden = torch.randn(n, features, generator=g, device=device).to(dtype)
+    weight = (torch.randn(c, features, generator=g, device=device) * 0.02).to(dtype)
+    target = torch.randint(0, c, (n,), generator=g, device=device)
+    rows = []
+    for name, fn in linear_providers(device).items():
+        try:
+            times = timed(lambda fn=fn: fn(hidden, weight, target), repeats, device)
+            median = statistics.median(times)
+            flops = 2 * n * features * c
+            rows.append([name, text, f"{median * 1e3:.3f}", f"{flops / median / 1e12:.2f}"])
+        except Exception as exc:
+            rows.append([name, text, f"failed: {exc}"[:60], ""])
+        print(f"{text} {name}: {rows[-1][2]} ms", file=sys.stderr)
+    floor = next(float(r[2]) for r in rows if r[0].startswith("bare"))
+    for r in rows:
+        r.append(f"{float(r[2]) / floor:.2f}x" if not r[2].startswith("failed") else "")
+    return rows
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", help="comma-separated NxC (default: by device)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--linear-shapes", help="comma-separated NxDxC (default: by device)")
     parser.add_argument("--out", help="Markdown file or folder (default benchmarks/results/)")
     parser.add_argument("--no-save", action="store_true")
     return parser.parse_args(argv)
@@ -179,14 +218,28 @@ def main(argv: list[str]) -> int:
             cell.append(f"{100 * share:.0f}%" if share else "")
         cells.append(cell)
     print(benchlib.render_text(headers, cells))
+    linear_shapes = args.linear_shapes or (
+        GPU_LINEAR_SHAPES if device.type == "cuda" else CPU_LINEAR_SHAPES
+    )
+    linear_headers = ["provider", "N x D x C", "ms (median)", "TFLOP/s (matmul)", "vs matmul"]
+    linear_cells = [
+        row
+        for text in linear_shapes.split(",")
+        for row in measure_linear(text, dtype, device, repeats)
+    ]
+    print()
+    print(benchlib.render_text(linear_headers, linear_cells))
     if args.no_save:
         return 0
     md_path, json_path = benchlib.output_paths(args.out, "bench_kernels")
     md = ["# fastis scoring-kernel benchmark", ""]
     md += [f"- **{k}**: `{v}`" if k == "command" else f"- **{k}**: {v}" for k, v in env.items()]
-    md += ["", benchlib.render_md(headers, cells), "", NOTES]
+    md += ["", "## Scores from logits", "", benchlib.render_md(headers, cells)]
+    md += ["", "## Scores of a linear layer (logits = hidden @ weight^T)", ""]
+    md += [benchlib.render_md(linear_headers, linear_cells), "", NOTES]
     md_path.write_text("\n".join(md) + "\n")
-    json_path.write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=1))
+    record = {"env": env, "rows": [asdict(r) for r in rows], "linear": linear_cells}
+    json_path.write_text(json.dumps(record, indent=1))
     print(f"\nwrote {md_path} and {json_path}")
     return 0
 
@@ -195,7 +248,9 @@ NOTES = """Notes: one call scores every row (loss and ||softmax - onehot||); the
 median of the timed calls after one warm-up. GB/s counts the logits read once (N * C *
 itemsize), the least any scoring pass must move. The eager baseline materialises several
 [N, C] float32 tensors (log-softmax, softmax, one-hot, their difference). On CPU, fastis
-runs its float32 PyTorch reference (chunked rows); its Triton kernel needs a GPU."""
+runs its float32 PyTorch reference (chunked rows); its Triton kernels need a GPU. The linear
+table compares scoring straight from hidden states with the bare matmul that only forms the
+logits (the floor), and with that matmul followed by the eager scores."""
 
 
 if __name__ == "__main__":
