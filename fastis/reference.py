@@ -115,6 +115,28 @@ def _finish(s: _RowStats) -> Scores:
     return Scores(loss, grad_norm)
 
 
+class _Chunk(NamedTuple):
+    """One chunk of scored rows: output positions [begin, end), the rows of the input they
+    read, their targets (ignored ones replaced by class 0) and which are not ignored."""
+
+    begin: int
+    end: int
+    picked: slice | torch.Tensor
+    target: torch.Tensor
+    keep: torch.Tensor
+
+
+def _chunks(target: torch.Tensor, rows: torch.Tensor | None, step: int, ignore_index: int):
+    """The scored rows, `step` at a time."""
+    count = target.shape[0]
+    for begin in range(0, count, step):
+        end = min(count, begin + step)
+        y = target[begin:end]
+        keep = y != ignore_index
+        picked = slice(begin, end) if rows is None else rows[begin:end]
+        yield _Chunk(begin, end, picked, torch.where(keep, y, 0), keep)
+
+
 def _blank_ignored(scores: Scores, keep: torch.Tensor) -> Scores:
     return Scores(*(torch.where(keep, t, 0.0) for t in scores))
 
@@ -138,16 +160,11 @@ def cross_entropy_scores(
     loss = torch.zeros(count, dtype=torch.float32, device=logits.device)
     grad_norm = torch.zeros_like(loss)
     step = _chunk_rows(num_classes, chunk_elements)
-    for begin in range(0, count, step):
-        end = min(count, begin + step)
-        picked = slice(begin, end) if rows is None else rows[begin:end]
-        z = logits[picked].float()
-        y = target[begin:end]
-        keep = y != ignore_index
-        stats = _stats(z, torch.where(keep, y, 0))
-        loss[begin:end], grad_norm[begin:end] = _blank_ignored(_finish(stats), keep)
+    for c in _chunks(target, rows, step, ignore_index):
+        stats = _stats(logits[c.picked].float(), c.target)
+        loss[c.begin : c.end], grad_norm[c.begin : c.end] = _blank_ignored(_finish(stats), c.keep)
         if lse_out is not None:
-            lse_out[begin:end] = log_sum_exp(stats)
+            lse_out[c.begin : c.end] = log_sum_exp(stats)
     return Scores(loss, grad_norm)
 
 
@@ -205,13 +222,9 @@ def linear_cross_entropy_scores(
     row_step = _chunk_rows(class_step, chunk_elements)
     w32 = weight.float()
     b32 = None if bias is None else bias.float()
-    for begin in range(0, count, row_step):
-        end = min(count, begin + row_step)
-        picked = slice(begin, end) if rows is None else rows[begin:end]
-        h = hidden[picked].float()
-        y = target[begin:end]
-        keep = y != ignore_index
-        y_safe = torch.where(keep, y, 0)
+    for c in _chunks(target, rows, row_step, ignore_index):
+        h = hidden[c.picked].float()
+        y_safe = c.target
         merged = None
         for first in range(0, num_classes, class_step):
             last = min(num_classes, first + class_step)
@@ -224,7 +237,7 @@ def linear_cross_entropy_scores(
         scores = _finish(merged)
         h_norm_sq = h.square().sum(dim=1) + (0.0 if bias is None else 1.0)
         weight_grad_norm = scores.grad_norm * torch.sqrt(h_norm_sq)
-        results = (*_blank_ignored(scores, keep), torch.where(keep, weight_grad_norm, 0.0))
+        results = (*_blank_ignored(scores, c.keep), torch.where(c.keep, weight_grad_norm, 0.0))
         for tensor, result in zip(out, results):
-            tensor[begin:end] = result
+            tensor[c.begin : c.end] = result
     return LinearScores(*out)

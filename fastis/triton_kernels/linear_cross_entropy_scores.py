@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from fastis.reference import LinearScores
-from fastis.triton_kernels.cross_entropy_scores import _LOG1P_GAP, _log1p, _one_minus_exp_neg
+from fastis.triton_kernels._row_stats import LOG1P_GAP, finish, fold_tile
 
 
 @triton.jit
@@ -98,20 +98,9 @@ def _linear_cross_entropy_scores_kernel(
         z = tl.where(inside[None, :], z, float("-inf"))
         is_y = cols[None, :] == y[:, None]
         z_y += tl.sum(tl.where(is_y, z, 0.0), axis=1)
-        m_new = tl.maximum(m, tl.max(z, axis=1))
-        rescale = tl.exp(m - m_new)
-        e = tl.exp(z - m_new[:, None])
-        e_not_y = tl.where(is_y, 0.0, e)
-        d = d * rescale + tl.sum(e, axis=1)
-        d_y = d_y * rescale + tl.sum(e_not_y, axis=1)
-        q_y = q_y * rescale * rescale + tl.sum(e_not_y * e_not_y, axis=1)
-        m = m_new
+        m, d, d_y, q_y = fold_tile(m, d, d_y, q_y, z, is_y, AXIS=1)
 
-    gap = m - z_y
-    near_max = gap < LOG1P_GAP
-    loss = tl.where(near_max, _log1p(d_y * tl.exp(tl.where(near_max, gap, 0.0))), gap + tl.log(d))
-    one_minus_p_y = _one_minus_exp_neg(loss)
-    grad_norm = tl.sqrt(one_minus_p_y * one_minus_p_y + q_y / (d * d))
+    loss, grad_norm = finish(m, d, d_y, q_y, z_y, LOG1P_GAP=LOG1P_GAP)
     if HAS_BIAS:
         h_norm_sq += 1.0
     weight_grad_norm = grad_norm * tl.sqrt(h_norm_sq)
@@ -169,7 +158,7 @@ def linear_cross_entropy_scores(
         weight.shape[0],
         weight.shape[1],
         ignore_index,
-        LOG1P_GAP=_LOG1P_GAP,
+        LOG1P_GAP=LOG1P_GAP,
         HAS_BIAS=bias is not None,
         HAS_ROWS=rows is not None,
         IEEE_DOT=dtype in (torch.float32, torch.float64),
