@@ -8,8 +8,7 @@ target raises an error that names the problem.
 Backends: "reference" is the pure-PyTorch implementation in `fastis.reference` (float32,
 chunked); "triton" runs the kernels in `fastis.triton_kernels`, on CUDA tensors, or on CPU
 tensors when TRITON_INTERPRET=1 (slow: for tests); "auto" takes Triton for CUDA tensors when
-it is installed, the reference otherwise. cross_entropy_with_scores and sequence_scores run
-in PyTorch on every device.
+it is installed, the reference otherwise. sequence_scores runs in PyTorch on every device.
 """
 
 from __future__ import annotations
@@ -175,13 +174,18 @@ class _CrossEntropyWithScores(torch.autograd.Function):
     reuses the forward's log-sum-exp and holds one [N, C] buffer, the gradient itself."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, ignore_index):
+    def forward(ctx, logits, target, weight, ignore_index, triton):
         lse = torch.empty(target.shape[0], dtype=torch.float32, device=logits.device)
-        scores = reference.cross_entropy_scores(
-            logits.detach(), target, ignore_index=ignore_index, lse_out=lse
-        )
+        if triton:
+            from fastis.triton_kernels import cross_entropy_scores as forward_kernel
+
+            score = forward_kernel.cross_entropy_scores
+        else:
+            score = reference.cross_entropy_scores
+        scores = score(logits.detach(), target, ignore_index=ignore_index, lse_out=lse)
         ctx.save_for_backward(logits, target, lse, scores.loss, weight)
         ctx.ignore_index = ignore_index
+        ctx.triton = triton
         ctx.mark_non_differentiable(scores.loss, scores.grad_norm)
         # A separate tensor from the (non-differentiable) score, float32 like the scores.
         loss = scores.loss.clone() if weight is None else scores.loss * weight.float()
@@ -191,10 +195,14 @@ class _CrossEntropyWithScores(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_score_loss, _grad_score_norm):
         logits, target, lse, loss, weight = ctx.saved_tensors
         scale = grad_loss.float() if weight is None else grad_loss.float() * weight.float()
-        grad = reference.cross_entropy_backward(
-            logits.detach(), target, lse, loss, scale, ignore_index=ctx.ignore_index
-        )
-        return grad, None, None, None
+        if ctx.triton:
+            from fastis.triton_kernels import cross_entropy_backward as backward_kernel
+
+            backward = backward_kernel.cross_entropy_backward
+        else:
+            backward = reference.cross_entropy_backward
+        grad = backward(logits.detach(), target, lse, loss, scale, ignore_index=ctx.ignore_index)
+        return grad, None, None, None, None
 
 
 def cross_entropy_with_scores(
@@ -203,6 +211,7 @@ def cross_entropy_with_scores(
     *,
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, Scores]:
     """Differentiable per-example cross-entropy that also returns the scores of the same
     pass, for training on importance-sampled batches.
@@ -213,6 +222,7 @@ def cross_entropy_with_scores(
         weight: optional float [N], per-example weights (importance weights); the returned
             loss is weight * cross-entropy, and its gradient honours both the weights and
             the incoming gradient (they are folded in before anything is summed).
+        backend: as in cross_entropy_scores; forward and backward run on the same one.
 
     Returns:
         (loss, scores): loss float32 [N], differentiable w.r.t. logits; scores
@@ -230,9 +240,10 @@ def cross_entropy_with_scores(
     _require_same_device({"logits": logits, "target": target, "weight": weight})
     if logits.shape[1] < 1:
         raise ValueError("logits must have at least one class (C >= 1)")
+    _check_backend(backend)
     target = _checked_target(target, logits.shape[0], logits.shape[1], ignore_index, "logits")
     loss, score_loss, grad_norm = _CrossEntropyWithScores.apply(
-        logits, target, weight, ignore_index
+        logits, target, weight, ignore_index, _use_triton(backend, logits.device)
     )
     return loss, Scores(score_loss, grad_norm)
 

@@ -316,9 +316,10 @@ def test_linear_bad_input():
         ops.linear_cross_entropy_scores(h, w, torch.tensor([5, 0, 0]))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_weighted_backward_equals_autograd(dtype, weighted):
+def test_weighted_backward_equals_autograd(dtype, weighted, backend):
     n, c = 77, 123
     logits = make_logits(n, c, 30).to(dtype)
     target = make_target(n, c, 30, ignored=0.2)
@@ -327,7 +328,7 @@ def test_weighted_backward_equals_autograd(dtype, weighted):
     upstream = torch.randn(n, generator=g)  # an arbitrary incoming gradient per example
 
     ours = logits.clone().requires_grad_(True)
-    loss, scores = ops.cross_entropy_with_scores(ours, target, weight=weight)
+    loss, scores = ops.cross_entropy_with_scores(ours, target, weight=weight, backend=backend)
     (loss * upstream).sum().backward()
 
     theirs = logits.double().clone().requires_grad_(True)
@@ -349,14 +350,15 @@ def test_weighted_backward_equals_autograd(dtype, weighted):
     assert torch.all(ours.grad[target == IGNORE] == 0)
 
 
-def test_backward_keeps_confident_rows_gradient():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_keeps_confident_rows_gradient(backend):
     # p_y rounds to 1 in float32; the target entry of the gradient must still be
     # -(1 - p_y) ~ -1e-7, not 0.
     c = 507
     z = torch.zeros(1, c)
     z[0, 3] = math.log(c / 1e-7)
     z.requires_grad_(True)
-    loss, _ = ops.cross_entropy_with_scores(z, torch.tensor([3]))
+    loss, _ = ops.cross_entropy_with_scores(z, torch.tensor([3]), backend=backend)
     loss.sum().backward()
     want = torch.softmax(z.detach().double(), 1)[0, 3] - 1
     assert math.isclose(float(z.grad[0, 3]), float(want), rel_tol=1e-4)

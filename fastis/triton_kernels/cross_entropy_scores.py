@@ -24,11 +24,13 @@ def _cross_entropy_scores_kernel(
     rows_ptr,
     loss_ptr,
     grad_norm_ptr,
+    lse_ptr,
     num_rows,
     num_classes,
     ignore_index,
     LOG1P_GAP: tl.constexpr,
     HAS_ROWS: tl.constexpr,
+    STORE_LSE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
@@ -55,6 +57,8 @@ def _cross_entropy_scores_kernel(
         z = tl.load(base + cols * stride_col, mask=inside, other=float("-inf")).to(tl.float32)
         m, d, d_y, q_y = fold_tile(m, d, d_y, q_y, z, cols == y, AXIS=0)
     loss, grad_norm = finish(m, d, d_y, q_y, z_y, LOG1P_GAP=LOG1P_GAP)
+    if STORE_LSE:  # for a backward pass: log sum_j e^(z_j)
+        tl.store(lse_ptr + i, m + tl.log(d))
     tl.store(loss_ptr + i, tl.where(keep, tl.where(valid, loss, float("nan")), 0.0))
     tl.store(grad_norm_ptr + i, tl.where(keep, tl.where(valid, grad_norm, float("nan")), 0.0))
 
@@ -66,10 +70,11 @@ def cross_entropy_scores(
     ignore_index: int = -100,
     rows: torch.Tensor | None = None,
     block: int | None = None,
+    lse_out: torch.Tensor | None = None,
 ) -> Scores:
     """The Triton twin of fastis.reference.cross_entropy_scores (same arguments and result;
-    inputs already validated). block: the tile width (a power of two), by default up to
-    4,096 classes at a time."""
+    inputs already validated; lse_out, float32 [M], receives each row's log-sum-exp).
+    block: the tile width (a power of two), by default up to 4,096 classes at a time."""
     count = target.shape[0]
     num_classes = logits.shape[1]
     loss = torch.empty(count, dtype=torch.float32, device=logits.device)
@@ -86,11 +91,13 @@ def cross_entropy_scores(
         target if rows is None else rows,  # not read without rows
         loss,
         grad_norm,
+        loss if lse_out is None else lse_out,  # not written without lse_out
         logits.shape[0],
         num_classes,
         ignore_index,
         LOG1P_GAP=LOG1P_GAP,
         HAS_ROWS=rows is not None,
+        STORE_LSE=lse_out is not None,
         BLOCK=block,
     )
     return Scores(loss, grad_norm)
