@@ -49,3 +49,19 @@ def test_linear_scores_on_cuda(dtype):
     assert relative_error(s.loss.cpu(), loss) <= tol
     assert relative_error(s.grad_norm.cpu(), grad_norm) <= tol
     assert bool((s.loss.cpu()[target == IGNORE] == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weighted_backward_on_cuda(dtype):
+    n, c = 289, 32000
+    logits = make_logits(n, c, seed=9).to(dtype)
+    target = make_target(n, c, seed=9)
+    weight = torch.rand(n, generator=torch.Generator().manual_seed(9)) * 3
+    ours = logits.cuda().requires_grad_(True)
+    loss, _ = ops.cross_entropy_with_scores(ours, target.cuda(), weight=weight.cuda())
+    loss.sum().backward()
+    theirs = logits.double().requires_grad_(True)
+    ce = torch.nn.functional.cross_entropy(theirs, target, reduction="none", ignore_index=IGNORE)
+    (ce * weight.double()).sum().backward()
+    err = (ours.grad.cpu().double() - theirs.grad).abs().max() / theirs.grad.abs().max()
+    assert float(err) <= (1e-5 if dtype == torch.float32 else 1e-2)
