@@ -162,6 +162,8 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
     std::vector<uint64_t> heavy_idx(alias::kBlock);
     std::vector<int64_t> heavy_rel(alias::kBlock);
     std::vector<Mass> heavy_b(alias::kBlock);
+    // The merge's event order: the heavy serving each light (a block has at most kBlock
+    // lights) and the light closing each heavy (grown with the heavy list).
     std::vector<size_t> rank(alias::kBlock), closer(alias::kBlock);
     uint64_t window_idx[kHeavyWindow], window_surplus[kHeavyWindow];
     for (uint64_t block = block_begin; block < block_end; ++block) {
@@ -233,7 +235,6 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
       // light closer[j]; the loop has no branch and a short dependency chain, since light
       // and heavy thresholds interleave at random. Then the lights' entries and the closed
       // heavies' entries, two loops whose iterations are independent.
-      if (rank.size() < lights) rank.resize(alias::kBlock);
       if (closer.size() < heavies + 1) closer.resize(heavy_idx.size());
       // Four independent stretches of the walk, interleaved to overlap their dependency
       // chains. The stretch from light i starts after the closes of every heavy below
