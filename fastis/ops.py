@@ -13,6 +13,7 @@ it is installed, the reference otherwise. sequence_scores runs in PyTorch on eve
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -67,10 +68,16 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    # Looked up once: find_spec walks sys.path (~30 us), too slow to repeat every step.
+    return importlib.util.find_spec("triton") is not None
+
+
 def _use_triton(backend: str, device: torch.device) -> bool:
     """Whether to run the Triton kernel: backend "triton" (refused where it cannot run) or
     "auto" on a CUDA device with Triton installed."""
-    installed = importlib.util.find_spec("triton") is not None
+    installed = _triton_installed()
     runnable = installed and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
     if backend == "triton" and not runnable:
         raise ValueError(
