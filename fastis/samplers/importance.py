@@ -1,0 +1,176 @@
+"""Importance sampling over the whole data set from per-example scores kept in a SumTree.
+
+Each example i has a score s_i (its last reported loss, gradient-norm bound, or any score
+the user feeds), initially `initial_score`. Each step draws b indices with replacement from
+
+    p_i = (1 - u) * s_i / S + u / N,    S = sum_j s_j,
+    u   = floor + (1 - floor) * N c / (S + N c)
+
+which is the distribution of the smoothed scores s_i + c mixed with uniform at weight
+`floor`; both are mixtures with the uniform distribution, so a draw is a coin flip between
+the tree (O(log N)) and a uniform index, and p_i >= floor / N keeps every weight below
+1 / floor. The weights w_i = 1 / (N p_i) make the weighted loss an unbiased estimate of the
+full-data mean loss (ALGORITHMS.md, notation). Smoothing by a multiple of the *current*
+mean score, c = a * S / N, gives u = a / (1 + a): it is `floor = a / (1 + a)`.
+
+Scores go through `power` (s ** gamma, gamma in (0, 1] flattens the distribution) before they
+are stored. Staleness (steps since each example's score was written) is tracked in O(1) per
+update for `stats()`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any
+
+import numpy as np
+
+from fastis.data import Draw
+from fastis.samplers._base import (
+    STREAM_DRAW,
+    BatchSampler,
+    positive_int,
+    probability,
+    step_generator,
+)
+from fastis.structures import SumTree
+
+
+class ImportanceSampler(BatchSampler):
+    """Draws batches in proportion to per-example scores; unbiased weights 1 / (N p_i).
+
+    Args:
+        num_examples: N.
+        batch_size: b, indices drawn (with replacement) per step.
+        initial_score: the score of examples never scored (default 1.0: with losses or
+            gradient-norm bounds as scores, unseen examples are about as likely as average
+            ones), or a float array [N] of prior scores (e.g. from an earlier run).
+        smoothing: c >= 0 added to every score (in score units).
+        floor: mixing weight with the uniform distribution, in [0, 1).
+        power: exponent gamma in (0, 1] applied to reported scores.
+        score: which field of a fastis.ops.Scores result update() takes ("loss" or
+            "grad_norm").
+        invalid: "raise" (default): NaN, inf or negative scores raise ValueError and change
+            nothing; "skip": those examples keep their previous score.
+        steps_per_epoch: len(); default ceil(N / b).
+        seed: the stream's seed.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *, initial_score: Any = 1.0,
+                 smoothing: float = 0.0, floor: float = 0.0, power: float = 1.0,
+                 score: str = "loss", invalid: str = "raise", steps_per_epoch: int | None = None,
+                 seed: int | None = None) -> None:
+        super().__init__(num_examples, batch_size, seed=seed)
+        initial = self._initial_scores(initial_score)
+        self.smoothing = _non_negative(smoothing, "smoothing")
+        self.floor = probability(floor, "floor", allow_one=False)
+        self.power = probability(power, "power", allow_zero=False)
+        if score not in ("loss", "grad_norm"):
+            raise ValueError(f"score must be 'loss' or 'grad_norm', got {score!r}")
+        if invalid not in ("raise", "skip"):
+            raise ValueError(f"invalid must be 'raise' or 'skip', got {invalid!r}")
+        self.score_field, self.invalid = score, invalid
+        self._epoch_steps = (positive_int(steps_per_epoch, "steps_per_epoch")
+                             if steps_per_epoch is not None
+                             else -(-self.num_examples // self.batch_size))
+        self._tree = SumTree(initial, seed=self.seed)
+        self._stamp = np.full(self.num_examples, -1, np.int64)  # step of each score, -1: none
+        self._num_scored = 0
+        self._stamp_sum = 0  # sum of _stamp over scored examples, for the mean staleness
+
+    def _initial_scores(self, initial_score: Any) -> np.ndarray:
+        if np.ndim(initial_score) == 0:
+            self.initial_score = _non_negative(initial_score, "initial_score")
+            return np.full(self.num_examples, self.initial_score)
+        scores = self.scores_of(initial_score, self.num_examples, name="initial_score")
+        # The configuration records a checksum: a state from other prior scores is refused.
+        self.initial_score = f"array crc32={zlib.crc32(scores.tobytes()):08x}"
+        return scores
+
+    def _config(self) -> dict:
+        return {**super()._config(), "initial_score": self.initial_score,
+                "smoothing": self.smoothing, "floor": self.floor, "power": self.power,
+                "score": self.score_field, "invalid": self.invalid,
+                "steps_per_epoch": self._epoch_steps}
+
+    # ------------------------------------------------------------------ drawing
+    def uniform_share(self) -> float:
+        """u, the probability that a draw is uniform rather than from the scores."""
+        total, smooth_mass = self._tree.total, self.num_examples * self.smoothing
+        if total + smooth_mass == 0:
+            return 1.0
+        return self.floor + (1.0 - self.floor) * smooth_mass / (total + smooth_mass)
+
+    def probabilities(self, index: Any) -> np.ndarray:
+        """p_i (float64) of the current distribution for the given indices."""
+        u, index = self.uniform_share(), np.asarray(index, np.int64)
+        by_score = self._tree.probabilities(index).numpy() if u < 1.0 else 0.0
+        return (1.0 - u) * by_score + u / self.num_examples
+
+    def _draw(self, step: int) -> Draw:
+        b, u = self.batch_size, self.uniform_share()
+        rng = step_generator(self.seed, step, STREAM_DRAW)
+        uniform = rng.random(b) < u
+        index = np.empty(b, np.int64)
+        index[uniform] = rng.integers(0, self.num_examples, int(uniform.sum()))
+        from_tree = int(b - uniform.sum())
+        if from_tree:
+            index[~uniform] = self._tree.sample(from_tree).numpy()
+        weight = 1.0 / (self.num_examples * self.probabilities(index))
+        return Draw(index, weight.astype(np.float32), step)
+
+    # ------------------------------------------------------------------ feedback
+    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+        if scores is None:
+            raise ValueError(f"{type(self).__name__}.update() needs the batch's scores")
+        values = self._checked_scores(scores, len(index))
+        keep = np.isfinite(values)
+        index, values = index[keep], values[keep]
+        # Duplicates: the last write wins, as in SumTree.update; unique over the reversed
+        # batch finds each index's last occurrence.
+        unique, last = np.unique(index[::-1], return_index=True)
+        values = values[::-1][last]
+        if self.power != 1.0:
+            values = values ** self.power
+        self._tree.update(unique, values)
+        old = self._stamp[unique]
+        fresh = old < 0
+        self._num_scored += int(fresh.sum())
+        self._stamp_sum += int(step * len(unique) - old[~fresh].sum())
+        self._stamp[unique] = step
+
+    def _checked_scores(self, scores: Any, size: int) -> np.ndarray:
+        """float64 scores; with invalid="skip", rejected entries come back as NaN."""
+        if self.invalid == "raise":
+            return self.scores_of(scores, size)
+        values = self.scores_of(scores, size, allow_invalid=True)
+        return np.where(np.isfinite(values) & (values >= 0), values, np.nan)
+
+    def _stats(self) -> dict[str, float]:
+        scored = self._num_scored
+        staleness = self.step - 1 - self._stamp_sum / scored if scored else math.nan
+        return {"scored": scored / self.num_examples, "staleness": staleness,
+                "uniform_share": self.uniform_share()}
+
+    # ------------------------------------------------------------------ state
+    def _method_state(self) -> dict[str, Any]:
+        return {"tree": self._tree.state_dict(), "stamp": self._stamp.copy()}
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        stamp = np.asarray(state["stamp"], np.int64)
+        if stamp.shape != (self.num_examples,):
+            raise ValueError(f"state holds {stamp.shape} score stamps, expected "
+                             f"({self.num_examples},)")
+        tree = SumTree.zeros(self.num_examples, seed=0)  # the seed comes from the state
+        tree.load_state_dict(state["tree"])  # validates the tree's own state
+        scored = stamp >= 0
+        self._tree, self._stamp = tree, stamp.copy()
+        self._num_scored, self._stamp_sum = int(scored.sum()), int(stamp[scored].sum())
+
+
+def _non_negative(value: Any, name: str) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value

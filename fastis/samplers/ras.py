@@ -1,0 +1,192 @@
+"""RAS: minimum-variance adaptive sampling over groups, regularised toward the group prior
+(Rojas-Dominguez et al., Soft Computing 27(18), 2023; ALGORITHMS.md 3).
+
+The paper's full text was not reachable: this is AS (Gopal, ICML 2016) plus the prior-mixture
+regulariser, a reconstruction ([R] items of ALGORITHMS.md 3.2-3.3, option 1).
+
+Each example belongs to a group c = 1..K (a class label or any integer side information),
+n_c = |group c|, pi_c = n_c / N. A step draws b groups from q, then one member uniformly
+inside each group, so example i of group c has probability q_c / n_c per draw and the weight
+w_i = n_c / (N q_c) makes the weighted batch mean an unbiased estimate of the full mean
+(ALGORITHMS.md 3.2 [D]).
+
+Minimising the trace of that estimator's variance, sum_c pi_c^2 E_c||G||^2 / q_c, over the
+simplex gives q^AS_c ∝ n_c sqrt(E_c||G||^2) (Lagrange: pi_c^2 E_c / q_c^2 = const). E_c||G||^2
+is unknown; V_c, an EMA of the batch mean of the squared KF18 gradient-norm bound of the
+group's drawn examples, stands in for it. AS alone starves groups whose q_c becomes small
+(their V_c is never refreshed, their weights explode); RAS mixes in the prior,
+q = (1 - mix) q^AS + mix pi, so q_c >= mix pi_c, every weight is at most 1 / mix and every
+group keeps being visited (ALGORITHMS.md 3.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fastis._convert import as_indices
+from fastis.data import Draw
+from fastis.samplers._base import (
+    STREAM_DRAW,
+    BatchSampler,
+    positive_int,
+    probability,
+    step_generator,
+)
+
+
+class RAS(BatchSampler):
+    """Regularised adaptive sampling over groups of examples.
+
+    Args:
+        num_examples: N, the data set size.
+        batch_size: b, draws per step (with replacement).
+        groups: int tensor / array / sequence [N], the group id of each example (class labels
+            or any integer side information; ids need not be contiguous).
+        mix: lambda in [0, 1], the weight of the prior pi in q. Default 0.3 is our choice
+            [R]: the paper's value is unknown; sweep {0.1, 0.3, 0.5}. It bounds every weight
+            by 1 / mix. mix = 0 is plain AS (unbounded weights, starvation); mix = 1 is
+            uniform instance sampling.
+        momentum: beta in [0, 1), the EMA factor of V_c (ALGORITHMS.md 3.3 suggests 0.9).
+        steps_per_epoch: len() of the sampler (default ceil(N / b)).
+        seed: the stream's seed (None: drawn from torch's global generator).
+
+    update(batch, scores) takes the KF18 gradient-norm bound (`score_field = "grad_norm"`):
+    a float [b] tensor/array or a `fastis.ops.Scores`. A group's first report sets V_c to its
+    batch mean of squared scores; each later batch holding the group moves V_c one EMA step.
+    Until every group has reported once, q = pi (uniform instance sampling, weights 1).
+    q is recomputed at each draw from the reports received by then, so a loader that draws
+    ahead uses slightly older estimates (deterministic for a fixed prefetch depth).
+    """
+
+    score_field: ClassVar[str] = "grad_norm"
+
+    def __init__(self, num_examples: int, batch_size: int, *, groups: Any, mix: float = 0.3,
+                 momentum: float = 0.9, steps_per_epoch: int | None = None,
+                 seed: int | None = None) -> None:
+        super().__init__(num_examples, batch_size, seed=seed)
+        ids = as_indices(groups, "groups").astype(np.int64, copy=False)
+        if len(ids) != self.num_examples:
+            raise ValueError(f"groups must hold one id per example ({self.num_examples}), got "
+                             f"{len(ids)}")
+        self.mix = probability(mix, "mix")
+        self.momentum = probability(momentum, "momentum", allow_one=False)
+        self.steps_per_epoch = (None if steps_per_epoch is None
+                                else positive_int(steps_per_epoch, "steps_per_epoch"))
+        self._epoch_steps = self.steps_per_epoch or math.ceil(self.num_examples / self.batch_size)
+
+        # Ids -> 0..K-1 in increasing id order; members of each group sorted, group after group.
+        self.group_ids, self._group_of = np.unique(ids, return_inverse=True)
+        self._group_of = self._group_of.reshape(-1).astype(np.int64)
+        self.num_groups = len(self.group_ids)
+        self.group_sizes = np.bincount(self._group_of, minlength=self.num_groups)
+        self._members = np.argsort(self._group_of, kind="stable").astype(np.int64)
+        self._offsets = np.concatenate(([0], np.cumsum(self.group_sizes)[:-1])).astype(np.int64)
+        self.prior = self.group_sizes / self.num_examples  # pi_c, float64 [K]
+        self._checksum = hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()
+
+        self._v = np.zeros(self.num_groups)  # V_c, float64 [K]
+        self._observed = np.zeros(self.num_groups, dtype=np.bool_)
+
+    # ------------------------------------------------------------------ distribution
+    @property
+    def warming_up(self) -> bool:
+        """True until every group has been observed once (q = pi meanwhile)."""
+        return not bool(self._observed.all())
+
+    @property
+    def second_moments(self) -> np.ndarray:
+        """V_c, float64 [K] (a copy): the running estimates of E_c ||G||^2 (0 where unseen)."""
+        return self._v.copy()
+
+    def group_distribution(self) -> np.ndarray:
+        """q, float64 [K] summing to 1: the group distribution the next draw would use."""
+        if self.warming_up:
+            return self.prior.copy()
+        root = np.sqrt(self._v)
+        top = root.max()
+        if top == 0:  # every V_c is 0: nothing to prefer, q^AS = pi
+            q_as = self.prior
+        else:
+            # Scaled by the largest sqrt(V_c) first so that n_c * sqrt(V_c) cannot overflow.
+            q_as = self.group_sizes * (root / top)
+            q_as = q_as / q_as.sum()
+        q = (1.0 - self.mix) * q_as + self.mix * self.prior
+        return q / q.sum()
+
+    # ------------------------------------------------------------------ draws
+    def _draw(self, step: int) -> Draw:
+        q = self.group_distribution()
+        rng = step_generator(self.seed, step, STREAM_DRAW)
+        cumulative = np.cumsum(q)
+        u = rng.random(self.batch_size) * cumulative[-1]
+        # side="right" skips groups of zero probability (possible only with mix = 0); a u that
+        # rounds up to the total is sent to the last group that can be drawn.
+        c = np.searchsorted(cumulative, u, side="right")
+        c = np.minimum(c, np.flatnonzero(q > 0)[-1])
+        member = rng.integers(0, self.group_sizes[c])
+        index = self._members[self._offsets[c] + member]
+        weight = (self.group_sizes[c] / (self.num_examples * q[c])).astype(np.float32)
+        return Draw(index, weight, step)
+
+    # ------------------------------------------------------------------ feedback
+    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+        if scores is None:
+            raise ValueError("RAS.update() needs scores: the per-example gradient-norm bound "
+                             "(a float [b] tensor or a fastis.ops.Scores)")
+        values = self.scores_of(scores, len(index))
+        with np.errstate(over="ignore"):  # an overflow is reported below, as a ValueError
+            squares = values * values
+        if not np.isfinite(squares).all():
+            raise ValueError("scores are too large: their squares overflow float64")
+        if len(index) == 0:
+            return
+        group = self._group_of[index]
+        count = np.bincount(group, minlength=self.num_groups)
+        present = count > 0
+        mean = np.bincount(group, weights=squares, minlength=self.num_groups)[present]
+        mean = mean / count[present]
+        # The first observation of a group initialises V_c (no bias toward the 0 start);
+        # later ones move it by one EMA step per batch.
+        old = self._v[present]
+        fresh = ~self._observed[present]
+        self._v[present] = np.where(fresh, mean,
+                                    self.momentum * old + (1.0 - self.momentum) * mean)
+        self._observed[present] = True
+
+    # ------------------------------------------------------------------ reporting
+    def _stats(self) -> dict[str, float]:
+        ratio = self.group_distribution() / self.prior
+        return {
+            "warming_up": float(self.warming_up),
+            "groups_observed": float(self._observed.mean()),
+            "min_q_over_prior": float(ratio.min()),
+            "max_q_over_prior": float(ratio.max()),
+        }
+
+    # ------------------------------------------------------------------ state
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "mix": self.mix, "momentum": self.momentum,
+                "steps_per_epoch": self.steps_per_epoch, "num_groups": self.num_groups,
+                "groups_sha256": self._checksum}
+
+    def _method_state(self) -> dict[str, Any]:
+        return {"second_moments": self._v.copy(), "observed": self._observed.copy()}
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        try:
+            v = np.array(state["second_moments"], dtype=np.float64)
+            observed = np.array(state["observed"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"corrupted RAS state: {err}") from None
+        k = self.num_groups
+        if v.shape != (k,) or observed.shape != (k,) or observed.dtype != np.bool_:
+            raise ValueError(f"corrupted RAS state: expected second_moments float [{k}] and "
+                             f"observed bool [{k}]")
+        if not np.isfinite(v).all() or (v < 0).any() or (v[~observed] != 0).any():
+            raise ValueError("corrupted RAS state: second_moments must be finite, >= 0, and 0 "
+                             "for unobserved groups")
+        self._v, self._observed = v, observed

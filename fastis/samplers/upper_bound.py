@@ -1,0 +1,163 @@
+"""Katharopoulos & Fleuret 2018, "Not All Samples Are Created Equal" (ALGORITHMS.md 1).
+
+Score: the gradient-norm upper bound ||softmax(z) - onehot(y)|| (fastis.ops
+cross_entropy_scores(...).grad_norm). A step either trains on b uniform examples, or, while
+importance sampling pays off, presamples a uniform pool of B = presample * b, scores it with
+a forward pass, and trains on b drawn from it with replacement in proportion to the scores,
+with weights 1 / (B g) (section 1.2).
+
+The switch (section 1.3): tau = EMA_0.9 of sqrt(|U| sum g^2) = RMS(s) / mean(s) over the
+scored set (the pool on importance steps, the trained batch on uniform ones; tau starts at
+0, an implicit warm-up), and importance sampling runs while tau > tau_th. tau^2 is the
+factor by which importance sampling would cut the gradient estimator's second moment if the
+bound were tight. tau_th is the cost ratio of the two kinds of step (eq. 29 of the paper):
+  - cost="paper": backward = 2 forwards, so B + 3b units against 3b: (B + 3b) / 3b;
+  - reuse_forward=True: the pool's forward is kept and back-propagated through (no second
+    forward of the b chosen examples: valid where the forward is deterministic, i.e. no
+    dropout or batch statistics), so the step costs 3B against 3b: B / b;
+  - cost="measured": t_f, the scoring callable's time per example, and t_s, the training
+    step's time per example (from select() returning to update()), both EMAs, replace the
+    1 : 2 assumption: (B t_f + b t_s) / (b t_s). Measured costs make the switch depend on
+    timing, so runs are no longer bit-reproducible (resume continues the saved estimates).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from fastis.data import Draw
+from fastis.samplers._base import STREAM_DRAW, positive_int, probability, step_generator
+from fastis.samplers._pool import PoolSampler, resample_probabilities
+
+
+class UpperBound(PoolSampler):
+    """KF18 importance sampling with the tau switch; see the module docstring.
+
+    Args:
+        num_examples: N.
+        batch_size: b, examples trained per step.
+        presample: B / b (default 3.0, as in the official code); B = round(presample * b).
+        tau_th: the switch threshold; default from the cost model.
+        momentum: a_tau, the EMA momentum of tau (0.9).
+        cost: "paper" (backward = 2 forwards) or "measured".
+        reuse_forward: the loop back-propagates through the pool's own forward (see above).
+        forward_batch_size: rows per call of a scoring callable (default b).
+        steps_per_epoch: len(); default ceil(N / b).
+        seed: the stream's seed.
+    """
+
+    score_field = "grad_norm"
+
+    def __init__(self, num_examples: int, batch_size: int, *, presample: float = 3.0,
+                 tau_th: float | None = None, momentum: float = 0.9, cost: str = "paper",
+                 reuse_forward: bool = False, forward_batch_size: int | None = None,
+                 steps_per_epoch: int | None = None, seed: int | None = None) -> None:
+        presample = float(presample)
+        if not presample >= 1:
+            raise ValueError(f"presample must be >= 1, got {presample}")
+        super().__init__(num_examples, batch_size, pool_size=round(presample * batch_size),
+                         forward_batch_size=forward_batch_size, seed=seed)
+        if tau_th is not None and not (math.isfinite(tau_th) and tau_th >= 1):
+            raise ValueError(f"tau_th must be finite and >= 1 (tau is >= 1), got {tau_th}")
+        if cost not in ("paper", "measured"):
+            raise ValueError(f"cost must be 'paper' or 'measured', got {cost!r}")
+        self.presample, self.tau_th, self.cost = presample, tau_th, cost
+        self.momentum = probability(momentum, "momentum", allow_one=False)
+        self.reuse_forward = bool(reuse_forward)
+        self._epoch_steps = (positive_int(steps_per_epoch, "steps_per_epoch")
+                             if steps_per_epoch is not None
+                             else -(-self.num_examples // self.batch_size))
+        self.tau = 0.0
+        self._forward_cost = math.nan  # seconds per example, scoring forward (EMA)
+        self._step_cost = math.nan  # seconds per example, training step (EMA)
+        self._selected_at: tuple[int, float] | None = None
+        self._importance_steps = 0
+
+    def _config(self) -> dict:
+        return {**super()._config(), "presample": self.presample, "tau_th": self.tau_th,
+                "momentum": self.momentum, "cost": self.cost,
+                "reuse_forward": self.reuse_forward, "steps_per_epoch": self._epoch_steps}
+
+    def threshold(self) -> float:
+        """tau_th now: the given one, or the cost model's (module docstring)."""
+        if self.tau_th is not None:
+            return self.tau_th
+        ratio = self.pool_size / self.batch_size
+        if self.reuse_forward:
+            return ratio
+        if self.cost == "measured" and math.isfinite(self._forward_cost * self._step_cost):
+            return (self.pool_size * self._forward_cost + self.batch_size * self._step_cost) / (
+                self.batch_size * self._step_cost)
+        return (self.pool_size + 3 * self.batch_size) / (3 * self.batch_size)
+
+    @property
+    def importance_on(self) -> bool:
+        """Whether the next drawn step will be a pool (tau > tau_th)."""
+        return self.tau > self.threshold()
+
+    def _draw(self, step: int) -> Draw:
+        rng = step_generator(self.seed, step, STREAM_DRAW)
+        if self.importance_on:
+            self._importance_steps += 1
+            return self._draw_pool(step, rng)
+        index = rng.integers(0, self.num_examples, self.batch_size, dtype=np.int64)
+        return Draw(index, np.ones(self.batch_size, np.float32), step)
+
+    def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return 1.0 / (self.pool_size * resample_probabilities(scores)[rows])
+
+    def _pool_scored(self, scores: np.ndarray) -> None:
+        self._update_tau(scores)
+        if self.last_forward_seconds:
+            self._forward_cost = _ema(self._forward_cost, self.last_forward_seconds / len(scores))
+            self.last_forward_seconds = 0.0
+
+    def select(self, batch: Any, scores: Any):
+        pick = super().select(batch, scores)
+        self._selected_at = (self._batch_of(batch)[1], time.perf_counter())
+        return pick
+
+    def _update_tau(self, scores: np.ndarray) -> None:
+        g = resample_probabilities(scores)
+        # tau's update, ALGORITHMS.md 1.3: (1 - ||g - u||^2 / ||g||^2)^(-1/2) = sqrt(|U| sum g^2).
+        self.tau = self.momentum * self.tau + (1 - self.momentum) * math.sqrt(
+            len(g) * float(g @ g))
+
+    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+        if scores is None:
+            raise ValueError("UpperBound.update() needs the scores of the trained examples "
+                             "(they drive tau on uniform steps)")
+        values = self.scores_of(scores, len(index))
+        if self._selected_at is not None and self._selected_at[0] == step:
+            elapsed = time.perf_counter() - self._selected_at[1]
+            self._step_cost = _ema(self._step_cost, elapsed / len(index))
+        if step not in self._pool_steps:
+            self._update_tau(values)
+
+    def _stats(self) -> dict[str, float]:
+        return {"tau": self.tau, "tau_th": self.threshold(),
+                "importance_on": float(self.importance_on),
+                "importance_steps": float(self._importance_steps)}
+
+    def _method_state(self) -> dict[str, Any]:
+        return {**super()._method_state(), "tau": self.tau,
+                "forward_cost": self._forward_cost, "step_cost": self._step_cost,
+                "importance_steps": self._importance_steps}
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        tau, importance_steps = float(state["tau"]), int(state["importance_steps"])
+        costs = float(state["forward_cost"]), float(state["step_cost"])
+        if not (math.isfinite(tau) and tau >= 0):
+            raise ValueError(f"corrupted UpperBound state: tau = {tau}")
+        super()._load_method_state(state)
+        self.tau, self._importance_steps = tau, importance_steps
+        self._forward_cost, self._step_cost = costs
+        self._selected_at = None
+
+
+def _ema(average: float, value: float, momentum: float = 0.9) -> float:
+    return value if math.isnan(average) else momentum * average + (1 - momentum) * value

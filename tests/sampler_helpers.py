@@ -1,0 +1,116 @@
+"""Helpers for the sampler tests: state comparison, a synthetic least-squares problem whose
+per-example gradients are known exactly, and a loop that drives a sampler through a
+DataLoader the way a training loop does."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import io
+import itertools
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import fastis.data
+
+
+def same_state(a: Any, b: Any) -> bool:
+    """Deep equality of state dicts holding dicts, lists, numpy arrays, tensors, floats."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(
+            same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(
+            same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, (np.ndarray, torch.Tensor)):
+        x, y = np.asarray(a), np.asarray(b)
+        return x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def round_trip(state: dict) -> dict:
+    """The state after torch.save / torch.load, as a checkpoint stores it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+class LeastSquares:
+    """L_i(theta) = (x_i . theta - y_i)^2 with fixed theta: G_i = 2 (x_i . theta - y_i) x_i,
+    computed in float64 without fastis. Example scales differ by orders of magnitude so
+    that importance sampling is far from uniform."""
+
+    def __init__(self, n: int = 40, dim: int = 3, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        scale = np.exp(rng.normal(0.0, 1.0, n))[:, None]
+        self.x = rng.normal(size=(n, dim)) * scale
+        self.y = rng.normal(size=n)
+        theta = rng.normal(size=dim)
+        self.grads = 2 * (self.x @ theta - self.y)[:, None] * self.x  # [n, dim]
+        self.norms = np.linalg.norm(self.grads, axis=1)
+        self.losses = (self.x @ theta - self.y) ** 2
+        self.full = self.grads.mean(axis=0)
+
+    def assert_unbiased(self, estimates: np.ndarray, what: str, sigmas: float = 4.0) -> None:
+        """`estimates` [T, dim], one per step: their mean must equal the full gradient within
+        `sigmas` standard errors in every coordinate (two-sided 4 sigma: a false alarm
+        probability of 6e-5 per coordinate)."""
+        mean = estimates.mean(axis=0)
+        error = estimates.std(axis=0, ddof=1) / math.sqrt(len(estimates))
+        z = np.abs(mean - self.full) / error
+        assert (z < sigmas).all(), f"{what}: mean {mean} vs full {self.full}, z = {z}"
+
+    def estimate(self, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        return (np.asarray(weight, np.float64)[:, None] * self.grads[index]).mean(axis=0)
+
+
+def loader_for(sampler, n: int, workers: int = 2) -> DataLoader:
+    dataset = TensorDataset(torch.arange(n, dtype=torch.float64), torch.arange(n))
+    return DataLoader(fastis.data.Indexed(dataset), batch_sampler=sampler,
+                      num_workers=workers, prefetch_factor=2 if workers else None,
+                      persistent_workers=False)
+
+
+def run_loop(sampler, n: int, epochs: int, step_fn: Callable, *, workers: int = 2,
+             stop_after: int | None = None) -> list:
+    """Drives `sampler` through a DataLoader for `epochs` (from sampler.epoch), calling
+    step_fn(sampler, batch) -> record for each batch; stops after the batch of global step
+    `stop_after` (after its update). Returns the records."""
+    records = []
+    for _ in range(sampler.epoch, epochs):
+        for batch in loader_for(sampler, n, workers):
+            x, i = batch.data
+            assert torch.equal(i, batch.index) and torch.equal(x.long(), batch.index)
+            records.append(step_fn(sampler, batch))
+            if stop_after is not None and int(batch.step[0]) == stop_after:
+                return records
+    return records
+
+
+def train(sampler, num_steps: int, score_fn, prefetch: int = 0,
+          save_after: int | None = None) -> tuple[list, dict | None]:
+    """Consumes `num_steps` batches like a DataLoader with `prefetch` batches in flight (it
+    asks for the next batch before the loop trains on the current one; 0: draw, then train),
+    updating with `score_fn(draw)`. Returns the consumed draws and the state saved after
+    update number `save_after`."""
+    consumed, saved = [], None
+    while len(consumed) < num_steps:
+        epoch = iter(sampler)
+        ahead = collections.deque(itertools.islice(epoch, prefetch))
+        while len(consumed) < num_steps:
+            ahead.extend(itertools.islice(epoch, 1))
+            if not ahead:
+                break
+            draw = ahead.popleft()
+            sampler.update(draw, score_fn(draw))
+            consumed.append(draw)
+            if len(consumed) == save_after:
+                saved = copy.deepcopy(sampler.state_dict())
+    return consumed, saved

@@ -1,0 +1,410 @@
+"""The shared sampler protocol and the methods Uniform, SoftRandom, ImportanceSampler,
+UpperBound and BiasedLoss (RAS, HighLossBatches and the loss predictors have their own
+files). Statistical checks use fixed seeds with the false-alarm rates stated at each."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from helpers import ALPHA, assert_fits, assert_within_sigmas
+from sampler_helpers import LeastSquares, loader_for, round_trip, run_loop, same_state
+
+import fastis
+from fastis.data import Draw
+from fastis.samplers import (
+    RAS,
+    BiasedLoss,
+    HighLossBatches,
+    ImportanceSampler,
+    SoftRandom,
+    Uniform,
+    UpperBound,
+)
+
+
+def drive(sampler, steps: int, scores_of=None):
+    """Draws `steps` batches without a DataLoader, reporting scores_of(index) back."""
+    draws = []
+    while len(draws) < steps:
+        for draw in sampler:
+            draws.append(draw)
+            sampler.update(draw, None if scores_of is None else scores_of(draw.index))
+            if len(draws) == steps:
+                break
+    return draws
+
+
+# ----------------------------------------------------------------------- the data plumbing
+def test_indexed_loader_carries_the_draws_indices_and_weights():
+    n = 300
+    weights = np.random.default_rng(0).random(n) + 0.1
+    sampler = ImportanceSampler(n, 32, initial_score=weights, seed=5)
+    twin = pickle.loads(pickle.dumps(sampler))
+    expected = list(twin)
+    got = list(loader_for(sampler, n, workers=2))
+    assert len(got) == len(expected) == len(sampler)
+    for batch, draw in zip(got, expected):
+        assert batch.index.dtype == torch.int64 and batch.weight.dtype == torch.float32
+        assert np.array_equal(batch.index.numpy(), draw.index)
+        assert np.array_equal(batch.weight.numpy(), draw.weight)
+        assert set(batch.step.tolist()) == {draw.step}
+
+
+def test_indexed_plain_index_and_bad_dataset():
+    ds = torch.utils.data.TensorDataset(torch.arange(5.0))
+    item = fastis.data.Indexed(ds)[3]
+    assert item.index == 3 and item.weight == 1.0 and item.step == -1
+    with pytest.raises(TypeError, match="map-style"):
+        fastis.data.Indexed(iter(range(3)))
+
+
+def test_update_rejects_foreign_batches_and_changes_nothing():
+    sampler = ImportanceSampler(50, 8, seed=1)
+    draw = next(iter(sampler))
+    before = sampler.state_dict()
+    with pytest.raises(TypeError, match=r"fastis\.data\.Batch"):
+        sampler.update([1, 2, 3], np.ones(3))
+    with pytest.raises(IndexError, match="outside"):
+        sampler.update(Draw(np.array([0, 50]), np.ones(2, np.float32), 0), np.ones(2))
+    with pytest.raises(ValueError, match="was not drawn"):
+        sampler.update(Draw(draw.index, draw.weight, 7), np.ones(8))
+    for bad, match in [(np.ones(7), "shape"), (np.full(8, np.nan), "NaN"),
+                       (-np.ones(8), ">= 0"), (None, "needs")]:
+        with pytest.raises(ValueError, match=match):
+            sampler.update(draw, bad)
+    assert same_state(before, sampler.state_dict())
+
+
+# ----------------------------------------------------------------------- Uniform, SRS, RS2
+def test_uniform_without_replacement_is_a_permutation_per_epoch():
+    sampler = Uniform(103, 10, seed=3)
+    assert len(sampler) == 11
+    epochs = [np.concatenate([d.index for d in sampler]) for _ in range(3)]
+    for order in epochs:
+        assert np.array_equal(np.sort(order), np.arange(103))
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert len(Uniform(103, 10, drop_last=True, seed=3)) == 10
+
+
+def test_soft_random_coverage_per_epoch():
+    # Coverage of one SRS epoch is 1 - e^-rho in expectation (ALGORITHMS.md 5.2); its
+    # standard deviation is below sqrt(N p (1 - p)) / N (occupancy indicators are negatively
+    # correlated). 5 sigma: a false-alarm rate below 6e-7 per check.
+    n = 20_000
+    for rate in (0.3, 1.0):
+        sampler = SoftRandom(n, 256, rate=rate, seed=11)
+        for _ in range(2):
+            drawn = np.concatenate([d.index for d in sampler])
+            assert len(drawn) == round(rate * n)
+            coverage = len(np.unique(drawn)) / n
+            p = -math.expm1(-rate)
+            assert_within_sigmas(coverage, p, math.sqrt(p * (1 - p) / n), f"rate {rate}")
+
+
+def test_rs2_cycles_through_the_data_without_replacement():
+    n, rate = 1000, 0.3
+    sampler = SoftRandom(n, 64, rate=rate, replacement=False, seed=2)
+    drawn = np.concatenate([np.concatenate([d.index for d in sampler]) for _ in range(10)])
+    # 10 epochs of 300 = 3 full permutations; every n consecutive positions from the start
+    # of a permutation hold every example once.
+    for cycle in range(3):
+        assert np.array_equal(np.sort(drawn[cycle * n:(cycle + 1) * n]), np.arange(n))
+
+
+def test_set_epoch_positions_the_stream():
+    a, b = SoftRandom(500, 50, rate=0.5, seed=9), SoftRandom(500, 50, rate=0.5, seed=9)
+    for _ in range(2):
+        list(a)
+    b.set_epoch(2)
+    assert b.epoch == 2 and b.step == 10
+    assert [d.index.tolist() for d in b] == [d.index.tolist() for d in a]
+
+
+# ----------------------------------------------------------------------- ImportanceSampler
+def test_importance_sampler_distribution_and_weights():
+    n, rng = 400, np.random.default_rng(4)
+    scores = rng.lognormal(0, 1.5, n)
+    for floor, smoothing in [(0.0, 0.0), (0.2, 0.0), (0.0, 0.5), (0.1, 0.3)]:
+        sampler = ImportanceSampler(n, 500, initial_score=scores, floor=floor,
+                                    smoothing=smoothing, seed=int(floor * 10) + 7)
+        # Exact p in float64: smoothed scores mixed with uniform at weight floor.
+        smooth = (scores + smoothing) / (scores + smoothing).sum()
+        p = (1 - floor) * smooth + floor / n
+        draws = drive(sampler, 200, lambda i: scores[i])
+        index = np.concatenate([d.index for d in draws])
+        weight = np.concatenate([d.weight for d in draws])
+        assert_fits(index, p, f"floor={floor} smoothing={smoothing}")
+        np.testing.assert_allclose(weight, 1 / (n * p[index]), rtol=2e-7)
+
+
+def test_importance_sampler_is_unbiased():
+    problem = LeastSquares(seed=1)
+    sampler = ImportanceSampler(len(problem.norms), 16, floor=0.05, seed=3)
+    draws = drive(sampler, 4000, lambda index: problem.norms[index])
+    estimates = np.array([problem.estimate(d.index, d.weight) for d in draws[100:]])
+    problem.assert_unbiased(estimates, "ImportanceSampler")
+
+
+def test_importance_sampler_updates_last_write_wins_power_staleness():
+    sampler = ImportanceSampler(10, 4, power=0.5, seed=0)
+    sampler._next_step = 3
+    sampler.update(Draw(np.array([1, 2, 1, 3]), np.ones(4, np.float32), 0),
+                   np.array([4.0, 9.0, 16.0, 0.0]))
+    np.testing.assert_array_equal(sampler._tree.weights([1, 2, 3]).numpy(), [4.0, 3.0, 0.0])
+    sampler.update(Draw(np.array([2]), np.ones(1, np.float32), 2), [1.0])
+    stats = sampler.stats()
+    # Scored: 1 and 3 at step 0, 2 at step 2; now (after step 2) staleness = mean(2, 2, 0).
+    assert stats["scored"] == 0.3
+    assert stats["staleness"] == pytest.approx(4 / 3)
+
+
+def test_importance_sampler_skip_policy_keeps_old_scores():
+    sampler = ImportanceSampler(5, 2, invalid="skip", seed=0)
+    sampler._next_step = 1
+    sampler.update(Draw(np.arange(5), np.ones(5, np.float32), 0),
+                   np.array([2.0, np.nan, np.inf, -1.0, 3.0]))
+    np.testing.assert_array_equal(sampler._tree.weights().numpy(), [2.0, 1.0, 1.0, 1.0, 3.0])
+    assert sampler.stats()["scored"] == 0.4
+
+
+def test_importance_sampler_takes_ops_scores():
+    logits, target = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    scores = fastis.ops.cross_entropy_scores(logits, target)
+    for field in ("loss", "grad_norm"):
+        sampler = ImportanceSampler(6, 3, score=field, seed=0)
+        sampler._next_step = 1
+        sampler.update(Draw(np.arange(6), np.ones(6, np.float32), 0), scores)
+        np.testing.assert_allclose(sampler._tree.weights().numpy(),
+                                   getattr(scores, field).double().numpy())
+
+
+# ----------------------------------------------------------------------- UpperBound
+def test_upper_bound_tau_switches_on_and_off():
+    n, b = 1000, 10
+    sampler = UpperBound(n, b, presample=3, seed=0)
+    assert sampler.threshold() == pytest.approx(2.0)  # (B + 3b) / 3b with B = 3b
+    flat = lambda rows: torch.ones(len(rows))  # noqa: E731
+    # Scores spread over orders of magnitude: sqrt(|U| sum g^2) ~ 2.5-3.5 on batches of 10.
+    skewed_values = np.exp(3 * np.random.default_rng(1).normal(size=n))
+
+    def step(scores_of):
+        draw = next(iter(sampler))
+        pick = sampler.select(draw, lambda rows: torch.as_tensor(scores_of(draw.index[rows])))
+        sampler.update(draw, scores_of(pick.index.numpy()))
+        return len(draw) == sampler.pool_size
+
+    kinds = [step(lambda i: flat(i).numpy()) for _ in range(30)]
+    assert not any(kinds) and sampler.tau == pytest.approx(1 - 0.9 ** 30)
+    kinds = [step(lambda i: skewed_values[i]) for _ in range(60)]
+    first_pool = kinds.index(True)
+    # tau climbs to 2 within a few tens of EMA steps, then pools (larger sets, larger
+    # sqrt(|U| sum g^2)) keep it above.
+    assert 1 <= first_pool <= 40 and all(kinds[first_pool:])
+    assert sampler.stats()["tau"] > 2
+    kinds = [step(lambda i: flat(i).numpy()) for _ in range(60)]
+    assert kinds[0] and not kinds[-1]
+    last_pool = max(i for i, k in enumerate(kinds) if k)
+    assert not any(kinds[last_pool + 1:])
+
+
+def test_upper_bound_threshold_models():
+    assert UpperBound(100, 10, presample=5).threshold() == pytest.approx(80 / 30)
+    assert UpperBound(100, 10, presample=5, reuse_forward=True).threshold() == 5.0
+    assert UpperBound(100, 10, tau_th=1.5).threshold() == 1.5
+    measured = UpperBound(100, 10, presample=4, cost="measured")
+    assert measured.threshold() == pytest.approx(70 / 30)  # 1:2 until both costs are known
+    measured._forward_cost, measured._step_cost = 1.0, 5.0
+    assert measured.threshold() == pytest.approx((40 * 1 + 10 * 5) / (10 * 5))
+    for bad in [dict(presample=0.5), dict(tau_th=0.5), dict(cost="fast"), dict(momentum=1.0)]:
+        with pytest.raises(ValueError):
+            UpperBound(100, 10, **bad)
+
+
+def test_upper_bound_pool_weights_and_unbiasedness():
+    problem = LeastSquares(seed=2)
+    n = len(problem.norms)
+    sampler = UpperBound(n, 8, presample=4, tau_th=1.0, seed=1)
+    sampler.tau = 50.0  # importance sampling on from the start
+    estimates = []
+    for _ in range(3000):
+        draw = next(iter(sampler))
+        assert len(draw) == 32
+        pick = sampler.select(draw, torch.as_tensor(problem.norms[draw.index]))
+        g = problem.norms[draw.index] / problem.norms[draw.index].sum()
+        np.testing.assert_allclose(pick.weight.numpy(), 1 / (32 * g[pick.rows.numpy()]),
+                                   rtol=1e-6)
+        assert np.array_equal(pick.index.numpy(), draw.index[pick.rows.numpy()])
+        estimates.append(problem.estimate(pick.index.numpy(), pick.weight.numpy()))
+        sampler.update(draw, problem.norms[pick.index.numpy()])
+    assert sampler.tau > 1
+    problem.assert_unbiased(np.array(estimates), "UpperBound")
+
+
+def test_pool_resampling_follows_the_scores():
+    # Rows of a fixed pool are drawn in proportion to their scores; a zero score never.
+    sampler = UpperBound(100, 64, presample=2, tau_th=1.0, seed=8)
+    sampler.tau = 10.0
+    scores = np.linspace(0.0, 3.0, 128)
+    counts = np.zeros(128)
+    for _ in range(300):
+        draw = next(iter(sampler))
+        pick = sampler.select(draw, scores)
+        counts += np.bincount(pick.rows.numpy(), minlength=128)
+        sampler.update(draw, np.ones(64))
+    assert counts[0] == 0
+    assert_fits(np.repeat(np.arange(128), counts.astype(int)), scores / scores.sum())
+
+
+def test_select_is_idempotent_and_take_applies_rows():
+    sampler = UpperBound(50, 4, presample=2, tau_th=1.0, seed=2)
+    sampler.tau = 10.0
+    draw = next(iter(sampler))
+    calls = []
+    first = sampler.select(draw, lambda rows: calls.append(len(rows)) or torch.rand(len(rows)))
+    tau = sampler.tau
+    again = sampler.select(draw, lambda rows: torch.rand(len(rows)))
+    assert again is first and sampler.tau == tau and calls == [4, 4]  # forward_batch_size = b
+    data = (torch.arange(8) * 10, {"y": torch.arange(8)})
+    x, d = first.take(data)
+    assert torch.equal(x, first.rows * 10) and torch.equal(d["y"], first.rows)
+
+
+# ----------------------------------------------------------------------- BiasedLoss
+def test_biased_loss_weights_for_k():
+    rng = np.random.default_rng(3)
+    scores = rng.lognormal(0, 1, 256)
+    for k in (1.0, 0.5, 0.0, -1.0):
+        sampler = BiasedLoss(1000, 16, k=k, seed=4)
+        draw = next(iter(sampler))
+        pick = sampler.select(draw, scores)
+        rows = pick.rows.numpy()
+        unbiased = scores.sum() / (256 * scores[rows])  # 1 / (P g)
+        t = (unbiased * scores[rows]).sum() / (unbiased ** k * scores[rows]).sum()
+        np.testing.assert_allclose(pick.weight.numpy(), t * unbiased ** k, rtol=1e-6)
+        if k == 1.0:
+            np.testing.assert_allclose(pick.weight.numpy(), unbiased, rtol=1e-6)
+        if k == 0.0:  # loss-proportional sampling, no reweighting beyond the scale t
+            assert np.ptp(pick.weight.numpy()) == 0
+
+
+def test_biased_loss_k1_is_unbiased_and_k0_samples_by_loss():
+    problem = LeastSquares(seed=3)
+    n = len(problem.losses)
+    sampler = BiasedLoss(n, 8, k=1.0, pool_size=24, seed=5)
+    estimates = []
+    for _ in range(3000):
+        draw = next(iter(sampler))
+        pick = sampler.select(draw, problem.losses[draw.index])
+        estimates.append(problem.estimate(pick.index.numpy(), pick.weight.numpy()))
+        sampler.update(draw)
+    problem.assert_unbiased(np.array(estimates), "BiasedLoss k=1")
+
+
+def test_biased_loss_smoothing():
+    scores = np.array([0.0, 1.0, 3.0, 0.0])
+    fixed = BiasedLoss(10, 2, smoothing=0.5, pool_size=4, seed=0)
+    np.testing.assert_allclose(fixed._sampling_scores(scores), scores + 0.5)
+    adaptive = BiasedLoss(10, 2, smoothing=0.5, adaptive_smoothing=True, pool_size=4, seed=0)
+    np.testing.assert_allclose(adaptive._sampling_scores(scores), scores + 0.5)  # m = 1
+    np.testing.assert_allclose(adaptive._sampling_scores(scores * 3),
+                               scores * 3 + 0.5 * (0.9 + 0.1 * 3))
+
+
+def test_biased_loss_rejects_bad_configuration():
+    for bad in [dict(k=1.5), dict(smoothing=-1.0), dict(predictor="oracle"),
+                dict(predictor="lstm")]:
+        with pytest.raises(ValueError):
+            BiasedLoss(10, 2, **bad)
+
+
+# ----------------------------------------------------------------------- state and resume
+def scored_step(problem_scores):
+    """A step function for run_loop: a pool is resampled, the trained examples' scores are
+    reported (a deterministic function of index and step), the record is what trained."""
+
+    def step(sampler, batch):
+        index = batch.index.numpy()
+        stepno = int(batch.step[0])
+        values = lambda i: problem_scores[i] * (1 + stepno % 3)  # noqa: E731
+        if hasattr(sampler, "select"):
+            pick = sampler.select(batch, values(index))
+            index, weight = pick.index.numpy(), pick.weight.numpy()
+        else:
+            weight = batch.weight.numpy()
+        sampler.update(batch, values(index))
+        return stepno, index.tolist(), weight.tolist()
+
+    return step
+
+
+LABELS = np.arange(160) % 4
+RESUMABLE = {
+    "ImportanceSampler": lambda n: ImportanceSampler(n, 16, floor=0.1, seed=3),
+    "UpperBound": lambda n: UpperBound(n, 16, presample=2, tau_th=1.05, seed=4),
+    "SoftRandom": lambda n: SoftRandom(n, 16, rate=0.7, seed=5),
+    "BiasedLoss": lambda n: BiasedLoss(n, 16, pool_size=40, seed=6),
+    "BiasedLoss-lstm": lambda n: BiasedLoss(n, 16, predictor="lstm", labels=LABELS,
+                                            pool_size=64, seed=7),
+    "RAS": lambda n: RAS(n, 16, groups=LABELS, seed=8),
+    "HighLossBatches": lambda n: HighLossBatches(n, 16, delta=0.3, seed=9),
+}
+
+
+@pytest.mark.parametrize("make", RESUMABLE.values(), ids=RESUMABLE.keys())
+def test_resume_with_workers_continues_bit_identically(make):
+    n = 160
+    scores = np.random.default_rng(0).lognormal(0, 1, n)
+    step = scored_step(scores)
+    reference = run_loop(make(n), n, 3, step)
+    interrupted = make(n)
+    stop = len(interrupted) + len(interrupted) // 2  # mid epoch 1
+    head = run_loop(interrupted, n, 3, step, stop_after=stop)
+    checkpoint = round_trip(interrupted.state_dict())
+    resumed = make(n)
+    resumed.load_state_dict(checkpoint)
+    assert resumed.epoch == 1 and resumed.step == stop + 1
+    tail = run_loop(resumed, n, 3, step)
+    assert head + tail == reference
+
+
+def test_state_dict_round_trip_and_rejections():
+    sampler = ImportanceSampler(30, 4, seed=1)
+    drive(sampler, 5, lambda i: i + 1.0)
+    state = sampler.state_dict()
+    twin = ImportanceSampler(30, 4, seed=1)
+    twin.load_state_dict(round_trip(state))
+    assert same_state(twin.state_dict(), state)
+    assert [d.index.tolist() for d in drive(twin, 6, lambda i: i + 1.0)] == \
+        [d.index.tolist() for d in drive(sampler, 6, lambda i: i + 1.0)]
+    fresh = ImportanceSampler(30, 4, seed=1)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match="another configuration"):
+        fresh.load_state_dict(ImportanceSampler(30, 4, seed=2).state_dict())
+    with pytest.raises(ValueError, match="belongs to a Uniform"):
+        fresh.load_state_dict(Uniform(30, 4, seed=1).state_dict())
+    with pytest.raises(ValueError, match="not a fastis sampler"):
+        fresh.load_state_dict({"weights": 1})
+    corrupted = round_trip(state)
+    corrupted["method"]["stamp"] = corrupted["method"]["stamp"][:-1]
+    with pytest.raises(ValueError, match="stamps"):
+        fresh.load_state_dict(corrupted)
+    corrupted = round_trip(state)
+    corrupted["in_flight"] = [(np.array([99]), np.ones(1, np.float32), 1)]
+    with pytest.raises(ValueError, match="corrupted"):
+        fresh.load_state_dict(corrupted)
+    assert same_state(before, fresh.state_dict())
+
+
+def test_stats_are_the_last_draws_figures():
+    sampler = ImportanceSampler(100, 50, initial_score=np.arange(100) % 10 + 1.0, seed=0)
+    draw = next(iter(sampler))
+    w = draw.weight.astype(np.float64)
+    stats = sampler.stats()
+    assert stats["ess"] == pytest.approx(w.sum() ** 2 / (50 * (w * w).sum()))
+    assert stats["max_weight"] == w.max() and stats["min_weight"] == w.min()
+    assert stats["seen"] == len(np.unique(draw.index)) / 100
+    assert ALPHA  # the goodness-of-fit tests above use helpers.ALPHA (1e-4)
