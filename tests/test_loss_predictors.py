@@ -389,7 +389,9 @@ def test_labels_are_mapped_to_codes(cls):
     predictor = cls(5, torch.tensor([10, -3, 10, 7, -3]))
     np.testing.assert_array_equal(predictor.classes, [-3, 7, 10])
     np.testing.assert_array_equal(predictor.labels, [2, 0, 2, 1, 0])
-    assert predictor.num_classes == 3 and predictor.labels.dtype == np.int64
+    assert predictor.num_classes == 3 and predictor.labels.dtype == np.int8
+    many = cls(300, np.arange(300) * 7)  # 300 classes need int16 codes
+    assert many.labels.dtype == np.int16 and many.labels[-1] == 299
 
 
 @pytest.mark.parametrize("cls", [PerClassGaussian, LSTMLossPredictor])

@@ -29,7 +29,7 @@ import numpy as np
 
 from fastis.data import Draw
 from fastis.samplers import loss_predictors
-from fastis.samplers._base import STREAM_DRAW, STREAM_SELECT, positive_int, step_generator
+from fastis.samplers._base import STREAM_DRAW, positive_int, step_generator
 from fastis.samplers._pool import PoolSampler, _resample, resample_probabilities
 
 _PREDICTORS = {"lstm": loss_predictors.LSTMLossPredictor,
@@ -100,7 +100,7 @@ class BiasedLoss(PoolSampler):
             return self._draw_pool(step, rng)
         pool = rng.integers(0, self.num_examples, self.pool_size, dtype=np.int64)
         scores = self._sampling_scores(np.asarray(self.predictor.predict(pool), np.float64))
-        rows = _resample(scores, self.batch_size, step_generator(self.seed, step, STREAM_SELECT))
+        rows = _resample(scores, self.batch_size, rng)
         return Draw(pool[rows], self._pool_weights(scores, rows).astype(np.float32), step)
 
     def _sampling_scores(self, scores: np.ndarray) -> np.ndarray:

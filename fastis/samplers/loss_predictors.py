@@ -54,7 +54,9 @@ class LossPredictor:
 
     Attributes:
         num_examples: N.
-        labels: int64 [N], the code 0..K-1 of each example's label.
+        labels: [N], the code 0..K-1 of each example's label, in the narrowest signed
+            integer dtype that holds K - 1 (int8 for up to 128 classes: a pool's random
+            gather then reads 1 byte per example, mostly from cache).
         classes: int64 [K], the original id of each code.
         num_classes: K.
     """
@@ -71,7 +73,8 @@ class LossPredictor:
                              f"got {len(raw)}")
         classes, codes = np.unique(raw, return_inverse=True)
         self.classes = classes.astype(np.int64)
-        self.labels = np.ascontiguousarray(codes.reshape(-1), dtype=np.int64)
+        self.labels = np.ascontiguousarray(codes.reshape(-1),
+                                           dtype=np.min_scalar_type(-len(classes)))
         self.num_classes = len(classes)
 
     # ------------------------------------------------------------------ protocol
@@ -104,7 +107,7 @@ class LossPredictor:
             "version": _STATE_VERSION,
             "kind": type(self).__name__,
             "config": self._config(),
-            "labels": torch.from_numpy(self.labels.copy()),
+            "labels": torch.from_numpy(self.labels.astype(np.int64)),
             "state": self._state(),
         }
 
@@ -165,43 +168,48 @@ class PerClassGaussian(LossPredictor):
         self._m1 = np.zeros(k, np.float64)
         self._m2 = np.zeros(k, np.float64)
         self._weight = np.zeros(k, np.float64)
+        self._scores: np.ndarray | None = None  # class_scores(), until the next change
 
     @property
     def observed(self) -> np.ndarray:
         """bool [K]: whether each class has received a loss."""
         return self._weight > 0
 
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std), float64 [K] each, NaN for classes never observed."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.observed, self._m1 / self._weight, np.nan)
+            var = np.where(self.observed, self._m2 / self._weight, np.nan) - mean * mean
+        # E[l^2] - E[l]^2 can round below 0 when the losses barely vary.
+        return mean, np.sqrt(np.where(np.isnan(var), np.nan, np.maximum(var, 0.0)))
+
     @property
     def mean(self) -> np.ndarray:
         """float64 [K]: the EMA mean loss of each class (NaN for a class never observed)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.observed, self._m1 / self._weight, np.nan)
+        return self._moments()[0]
 
     @property
     def std(self) -> np.ndarray:
         """float64 [K]: the EMA standard deviation of each class's loss (NaN if never
         observed)."""
-        mean = self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = np.where(self.observed, self._m2 / self._weight, np.nan) - mean * mean
-        # E[l^2] - E[l]^2 can round below 0 when the losses barely vary.
-        return np.sqrt(np.where(np.isnan(var), np.nan, np.maximum(var, 0.0)))
+        return self._moments()[1]
 
     def class_scores(self) -> np.ndarray:
         """float64 [K]: the score mu_c + sigma_c of each class (>= 1e-6), with the stand-in
         for classes never observed (see the class docstring)."""
         seen = self.observed
-        scores = np.empty(self.num_classes, np.float64)
-        if seen.any():
-            scores[seen] = self.mean[seen] + self.std[seen]
-            scores[~seen] = scores[seen].mean()
-        else:
-            scores[:] = 1.0
+        if not seen.any():
+            return np.ones(self.num_classes, np.float64)
+        mean, std = self._moments()
+        scores = mean + std
+        scores[~seen] = scores[seen].mean()
         return np.maximum(scores, MIN_PREDICTION)
 
     def predict(self, index: np.ndarray) -> np.ndarray:
         """float64 [m]: the score of each example's class."""
-        return self.class_scores()[self.labels[index]]
+        if self._scores is None:
+            self._scores = self.class_scores()
+        return self._scores[self.labels[index]]
 
     def observe(self, index: np.ndarray, losses: np.ndarray) -> None:
         """Moves the class averages once per listed loss, in order (vectorised: the j-th of
@@ -223,6 +231,7 @@ class PerClassGaussian(LossPredictor):
         self._m2 = decay * self._m2 + np.bincount(
             sorted_codes, w * sorted_losses * sorted_losses, minlength=k)
         self._weight = decay * self._weight + (1.0 - decay)
+        self._scores = None
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "momentum": self.momentum}
@@ -241,6 +250,7 @@ class PerClassGaussian(LossPredictor):
                 np.isfinite(m1).all() and np.isfinite(m2).all()):
             raise ValueError("corrupted PerClassGaussian state_dict: values out of range")
         self._m1, self._m2, self._weight = m1.copy(), m2.copy(), weight.copy()
+        self._scores = None
 
 
 # ---------------------------------------------------------------------- LSTM
@@ -361,7 +371,7 @@ class LSTMLossPredictor(LossPredictor):
         if self.log_space:
             history = history.clamp_min(MIN_PREDICTION).log()
         index_t = torch.from_numpy(np.asarray(index, np.int64))
-        return history, torch.from_numpy(counts), self._labels_t[index_t]
+        return history, torch.from_numpy(counts), self._labels_t[index_t].long()
 
     def predict(self, index: np.ndarray) -> np.ndarray:
         """float64 [m]: the model's prediction from each example's current history."""
