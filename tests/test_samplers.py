@@ -408,3 +408,83 @@ def test_stats_are_the_last_draws_figures():
     assert stats["max_weight"] == w.max() and stats["min_weight"] == w.min()
     assert stats["seen"] == len(np.unique(draw.index)) / 100
     assert ALPHA  # the goodness-of-fit tests above use helpers.ALPHA (1e-4)
+
+
+# ----------------------------------------------------------------------- more method checks
+@pytest.mark.parametrize("make", [
+    lambda n: Uniform(n, 8, seed=1),
+    lambda n: Uniform(n, 8, replacement=True, seed=2),
+    lambda n: SoftRandom(n, 8, rate=0.4, seed=3),
+    lambda n: SoftRandom(n, 8, rate=0.4, replacement=False, seed=4),
+], ids=["Uniform", "Uniform-replacement", "SRS", "RS2"])
+def test_uniform_methods_are_unbiased(make):
+    problem = LeastSquares(seed=4)
+    draws = drive(make(len(problem.norms)), 3000)
+    problem.assert_unbiased(np.array([problem.estimate(d.index, d.weight) for d in draws]),
+                            "uniform family")
+
+
+def test_biased_loss_with_a_predictor_k1_is_unbiased():
+    problem = LeastSquares(seed=5)
+    n = len(problem.losses)
+    labels = np.arange(n) % 4
+    sampler = BiasedLoss(n, 8, k=1.0, predictor="gaussian", labels=labels, pool_size=32, seed=6)
+    draws = drive(sampler, 3000, lambda index: problem.losses[index])
+    assert np.ptp(np.concatenate([d.weight for d in draws[-50:]])) > 0  # really reweighted
+    problem.assert_unbiased(np.array([problem.estimate(d.index, d.weight) for d in draws]),
+                            "BiasedLoss + PerClassGaussian, k=1")
+
+
+def test_biased_loss_k0_samples_in_proportion_to_the_loss():
+    scores = np.linspace(0.5, 4.0, 64)
+    sampler = BiasedLoss(500, 64, k=0.0, pool_size=64, seed=7)
+    counts = np.zeros(64)
+    for _ in range(300):
+        draw = next(iter(sampler))
+        pick = sampler.select(draw, scores)
+        assert np.ptp(pick.weight.numpy()) == 0  # no reweighting
+        counts += np.bincount(pick.rows.numpy(), minlength=64)
+        sampler.update(draw)
+    assert_fits(np.repeat(np.arange(64), counts.astype(int)), scores / scores.sum())
+
+
+def test_reusing_the_pools_forward_gives_the_second_forwards_gradient():
+    # The README's reuse pattern: back-propagate through the pool's own forward at the
+    # chosen rows; for a deterministic model the gradient equals that of a fresh forward.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 4))
+    sampler = UpperBound(100, 6, presample=3, reuse_forward=True, tau_th=1.0, seed=3)
+    sampler.tau = 10.0
+    draw = next(iter(sampler))
+    x, y = torch.randn(len(draw), 5), torch.randint(0, 4, (len(draw),))
+    logits = model(x)
+    pick = sampler.select(draw, fastis.ops.cross_entropy_scores(logits.detach(), y))
+    weighted = lambda z, t: (torch.nn.functional.cross_entropy(z, t, reduction="none")  # noqa: E731
+                             * pick.weight).mean()
+    reused = torch.autograd.grad(weighted(logits[pick.rows], y[pick.rows]),
+                                 list(model.parameters()))
+    fresh = torch.autograd.grad(weighted(model(x[pick.rows]), y[pick.rows]),
+                                list(model.parameters()))
+    for a, b in zip(reused, fresh):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_measured_costs_set_the_threshold():
+    import time as clock
+
+    sampler = UpperBound(1000, 10, presample=4, cost="measured", tau_th=None, seed=1)
+    sampler.tau = 100.0  # pools from the start
+
+    def slow_scores(rows):
+        clock.sleep(0.002)  # 2 ms per chunk of 10 rows: ~0.2 ms per example
+        return torch.ones(len(rows))
+
+    for _ in range(6):
+        draw = next(iter(sampler))
+        pick = sampler.select(draw, slow_scores)
+        clock.sleep(0.02)  # the training step: ~2 ms per trained example
+        sampler.update(draw, np.ones(len(pick.rows)))
+    t_f, t_s = sampler._forward_cost, sampler._step_cost
+    assert 1.5e-4 < t_f < 1e-3 and 1.5e-3 < t_s < 1e-2
+    assert sampler.threshold() == pytest.approx((40 * t_f + 10 * t_s) / (10 * t_s))
+    assert sampler.threshold() < (40 + 30) / 30  # cheaper forwards than the 1:2 model says

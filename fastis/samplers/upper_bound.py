@@ -31,7 +31,7 @@ import numpy as np
 
 from fastis.data import Draw
 from fastis.samplers._base import STREAM_DRAW, positive_int, probability, step_generator
-from fastis.samplers._pool import PoolSampler, resample_probabilities
+from fastis.samplers._pool import Pick, PoolSampler, resample_probabilities
 
 
 class UpperBound(PoolSampler):
@@ -116,7 +116,7 @@ class UpperBound(PoolSampler):
             self._forward_cost = _ema(self._forward_cost, self.last_forward_seconds / len(scores))
             self.last_forward_seconds = 0.0
 
-    def select(self, batch: Any, scores: Any):
+    def select(self, batch: Any, scores: Any) -> Pick:
         pick = super().select(batch, scores)
         self._selected_at = (self._batch_of(batch)[1], time.perf_counter())
         return pick
