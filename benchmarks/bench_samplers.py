@@ -3,8 +3,9 @@
 Bookkeeping = what a sampler adds to a training step: draw the next batch, choose from the
 pool where the method has one (`select`, scores given), and `update` with the trained
 examples' scores. In the same run, the script times one training step (forward, backward,
-SGD) of a small Fashion-MNIST-sized CNN at the same batch size, with and without fastis's
-score op on its logits, and prints each sampler's cost as a share of that step.
+SGD) of the demo's small CNN (fastis.demo.SmallCNN) on Fashion-MNIST-sized images at the
+same batch size, and fastis's score op on its logits, and prints each sampler's cost as a
+share of that step.
 
     python benchmarks/bench_samplers.py            # n = 1e6, batch 128
     python benchmarks/bench_samplers.py --quick    # fewer steps, no file written
@@ -26,6 +27,7 @@ from torch import nn
 
 import fastis
 from fastis import samplers
+from fastis.demo import SmallCNN
 
 
 def factories(n: int, b: int) -> dict[str, Callable[[], samplers.BatchSampler]]:
@@ -77,20 +79,6 @@ def time_sampler(make: Callable[[], samplers.BatchSampler], steps: int,
         sampler.update(draw, scores[:trained])
         times.append(time.perf_counter() - start)
     return times[warmup:]
-
-
-class SmallCNN(nn.Module):
-    """Two conv layers and two linear layers for 28 x 28 grey images (Fashion-MNIST)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(1600, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def time_cnn_steps(b: int, steps: int, warmup: int) -> tuple[list[float], list[float]]:

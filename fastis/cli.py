@@ -1,0 +1,115 @@
+"""The `fastis` command: `fastis demo` (the main job) and `fastis bench`."""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+from fastis import datasets
+
+BENCHMARKS = {"sampler": "bench_sampler.py", "samplers": "bench_samplers.py",
+              "kernels": "bench_kernels.py"}
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    from fastis.demo import METHODS
+
+    top = argparse.ArgumentParser(prog="fastis", description="fast importance sampling "
+                                  "for PyTorch training")
+    commands = top.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="train a small CNN on Fashion-MNIST with uniform sampling and each "
+        "method, for equal wall-clock time each; print the table, write the plot")
+    demo.add_argument("--data", metavar="DIR", help="folder with the four Fashion-MNIST "
+                      f"IDX .gz files (default: {datasets.FASHION_MNIST_DIRS[0]})")
+    demo.add_argument("--seconds", type=_positive_float, default=18.0,
+                      help="training time per method (default 18: ~3 minutes in all)")
+    demo.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                      metavar="METHOD", help=f"methods to run (uniform always runs): "
+                      f"{', '.join(METHODS)}")
+    demo.add_argument("--batch-size", type=_positive_int, default=128)
+    demo.add_argument("--lr", type=_positive_float, default=0.05)
+    demo.add_argument("--evaluations", type=_positive_int, default=8,
+                      help="evaluation points per method")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="fastis-demo", help="folder for demo.png/.md/.json")
+    demo.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if present")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    bench = commands.add_parser("bench", help="run the micro-benchmarks (needs the source "
+                                "checkout's benchmarks/ folder)")
+    bench.add_argument("what", choices=(*BENCHMARKS, "all"))
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="passed on to the benchmark script (e.g. --quick)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    return _bench(args.what, args.args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastis.demo import DemoConfig, run
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("fastis demo: --device cuda, but no CUDA device is available", file=sys.stderr)
+        return 2
+    try:
+        split = datasets.load_fashion_mnist(args.data)
+    except datasets.DataMissing as missing:
+        print(f"fastis demo: {missing}", file=sys.stderr)
+        return 2
+    config = DemoConfig(data=args.data, seconds=args.seconds, methods=tuple(args.methods),
+                        batch_size=args.batch_size, lr=args.lr, evaluations=args.evaluations,
+                        seed=args.seed, out=args.out, device=args.device, quiet=args.quiet)
+    run(config, split)
+    return 0
+
+
+def _bench(what: str, extra: list[str]) -> int:
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not folder.is_dir():
+        print(f"fastis bench: no benchmarks/ folder next to the package ({folder}); run it "
+              "from a source checkout installed with pip install -e .", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(folder))
+    for name in (BENCHMARKS if what == "all" else [what]):
+        script = folder / BENCHMARKS[name]
+        print(f"== {script.name} {' '.join(extra)}".rstrip(), flush=True)
+        sys.argv = [str(script), *extra]
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as done:
+            if done.code not in (None, 0):
+                return int(done.code) if isinstance(done.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
