@@ -44,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
         "method, for equal wall-clock time each; print the table, write the plot")
     demo.add_argument("--data", metavar="DIR", help="folder with the four Fashion-MNIST "
                       f"IDX .gz files (default: {datasets.FASHION_MNIST_DIRS[0]})")
-    demo.add_argument("--seconds", type=_positive_float, default=18.0,
-                      help="training time per method (default 18: ~3 minutes in all)")
+    demo.add_argument("--seconds", type=_positive_float, default=17.0,
+                      help="training time per method (default 17: under 3 minutes in all)")
     demo.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                       metavar="METHOD", help=f"methods to run (uniform always runs): "
                       f"{', '.join(METHODS)}")

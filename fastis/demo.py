@@ -248,7 +248,7 @@ def plot(curves: list[Curve], path: Path) -> None:
 @dataclass
 class DemoConfig:
     data: str | None = None
-    seconds: float = 18.0  # training time per method
+    seconds: float = 17.0  # training time per method
     methods: tuple[str, ...] = METHODS
     batch_size: int = 128
     lr: float = 0.05
