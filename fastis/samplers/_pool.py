@@ -35,14 +35,20 @@ class Pick(NamedTuple):
 
     def take(self, data: Any) -> Any:
         """`data` (a tensor, or tuples / lists / dicts of batch-first tensors) at `rows`."""
-        if isinstance(data, torch.Tensor):
-            return data[self.rows.to(data.device)]
-        if isinstance(data, dict):
-            return {key: self.take(value) for key, value in data.items()}
-        if isinstance(data, (tuple, list)):
-            return type(data)(self.take(value) for value in data)
-        raise TypeError(f"Pick.take() handles tensors, tuples, lists and dicts, got "
-                        f"{type(data).__name__}")
+        return take_rows(data, self.rows)
+
+
+def take_rows(data: Any, rows: torch.Tensor) -> Any:
+    """Rows `rows` (int64) of every batch-first tensor in `data` (a tensor, or tuples /
+    lists / dicts of them), each indexed on its own device."""
+    if isinstance(data, torch.Tensor):
+        return data[rows.to(data.device)]
+    if isinstance(data, dict):
+        return {key: take_rows(value, rows) for key, value in data.items()}
+    if isinstance(data, (tuple, list)):
+        return type(data)(take_rows(value, rows) for value in data)
+    raise TypeError(f"take_rows() handles tensors, tuples, lists and dicts, got "
+                    f"{type(data).__name__}")
 
 
 class PoolSampler(BatchSampler):
