@@ -12,6 +12,7 @@ SOURCES = [
     "csrc/alias_classes.cpp",
     "csrc/parallel.cpp",
     "csrc/simd.cpp",
+    "csrc/row_scores.cpp",
 ]
 
 # Portable by default; FASTIS_NATIVE=1 tunes the build for the CPU it runs on.

@@ -20,6 +20,7 @@
 #include "alias_table.hpp"
 #include "parallel.hpp"
 #include "rng.hpp"
+#include "row_scores.hpp"
 #include "simd.hpp"
 #include "sum_tree.hpp"
 #include "validate.hpp"
@@ -213,6 +214,42 @@ PYBIND11_MODULE(_C, m) {
   }, "(keep, alias) arrays of the table, for tests.");
   bind_common(table);
 
+  m.def(
+      "cross_entropy_row_scores",
+      [](const py::array& logits, const py::array_t<int64_t, py::array::c_style>& target,
+         const std::optional<py::array_t<int64_t, py::array::c_style>>& rows,
+         int64_t ignore_index) {
+        if (logits.ndim() != 2) throw py::value_error("logits must be 2-D");
+        const auto item = static_cast<py::ssize_t>(logits.itemsize());
+        if (logits.shape(1) > 1 && logits.strides(1) != item) {
+          throw py::value_error("logits rows must be contiguous");
+        }
+        if (logits.strides(0) % item != 0) throw py::value_error("misaligned logits rows");
+        const int64_t count = target.shape(0);
+        if (rows && rows->shape(0) != count) throw py::value_error("rows / target mismatch");
+        if (!rows && logits.shape(0) != count) throw py::value_error("logits / target mismatch");
+        py::array_t<float> loss(count), grad_norm(count), lse(count);
+        const int64_t stride = logits.strides(0) / item, classes = logits.shape(1);
+        const int64_t* row_ptr = rows ? rows->data() : nullptr;
+        const int64_t* target_ptr = target.data();
+        float *l = loss.mutable_data(), *g = grad_norm.mutable_data(), *e = lse.mutable_data();
+        auto run = [&](const auto* z) {
+          py::gil_scoped_release no_gil;
+          cross_entropy_row_scores(z, stride, classes, row_ptr, target_ptr, count,
+                                   ignore_index, l, g, e);
+        };
+        if (py::isinstance<py::array_t<float>>(logits)) {
+          run(static_cast<const float*>(logits.data()));
+        } else if (py::isinstance<py::array_t<double>>(logits)) {
+          run(static_cast<const double*>(logits.data()));
+        } else {
+          throw py::type_error("logits must be float32 or float64");
+        }
+        return py::make_tuple(loss, grad_norm, lse);
+      },
+      py::arg("logits"), py::arg("target"), py::arg("rows"), py::arg("ignore_index"),
+      "Cross-entropy loss, gradient norm and log-sum-exp per row (float32 [count]), computed "
+      "row by row in double; targets and rows must be checked by the caller.");
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("threads"));
   m.def(

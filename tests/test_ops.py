@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from fastis import ops, reference
 
-# cross_entropy_scores runs on both backends; Triton (interpreted on CPU, see conftest.py)
-# only where it is installed.
+# cross_entropy_scores runs on every backend; Triton (interpreted on CPU, see conftest.py)
+# only where it is installed. The native row loop scores logits only.
 BACKENDS = [
     "reference",
+    "native",
     pytest.param(
         "triton",
         marks=pytest.mark.skipif(
@@ -24,6 +25,8 @@ BACKENDS = [
         ),
     ),
 ]
+
+LINEAR_BACKENDS = [b for b in BACKENDS if b != "native"]
 
 torch.set_default_dtype(torch.float32)
 
@@ -217,7 +220,7 @@ def per_example_weight_grad_norm(hidden, weight, bias, target):
     return torch.tensor(norms, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("c", [1, 123, 507])
 def test_linear_scores_match_logits_and_autograd(with_bias, c, backend):
@@ -304,6 +307,24 @@ def test_bad_rows_and_backend():
         ops.cross_entropy_scores(logits, target, rows=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="backend"):
         ops.cross_entropy_scores(logits, torch.zeros(3, dtype=torch.long), backend="cuda")
+    with pytest.raises(ValueError, match="native' scores logits only"):
+        ops.linear_cross_entropy_scores(logits, torch.zeros(5, 4), torch.zeros(3).long(),
+                                        backend="native")
+
+
+def test_auto_takes_the_native_loop_for_small_cpu_logits():
+    # Small CPU logits go to the extension's row loop, large ones to the reference; both
+    # give the same scores to float32 rounding (the loop works in double).
+    small, large = torch.randn(128, 10), torch.randn(8, (1 << 16) // 8 + 1)
+    assert ops._use_native("auto", small) and not ops._use_native("auto", large)
+    assert not ops._use_native("reference", small)
+    y = torch.randint(0, 10, (128,))
+    auto = ops.cross_entropy_scores(small, y)
+    ref = ops.cross_entropy_scores(small, y, backend="reference")
+    native = ops.cross_entropy_scores(small, y, backend="native")
+    for a, r, n in zip(auto, ref, native):
+        assert torch.equal(a, n)
+        torch.testing.assert_close(a, r, rtol=2e-6, atol=0)
 
 
 def test_linear_bad_input():
@@ -381,7 +402,7 @@ def test_triton_kernel_rescales_across_tiles(block):
     assert relative_error(s.grad_norm, grad_norm) <= 1e-5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
 def test_linear_rows_subset_and_half_inputs(backend):
     n, features, c = 77, 40, 300
     g = torch.Generator().manual_seed(41)

@@ -1,0 +1,58 @@
+#include "row_scores.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace fastis {
+
+namespace {
+// Below this gap m - z_y the loss comes from log1p (reference.py's _LOG1P_GAP).
+constexpr double kLog1pGap = 1.0;
+}  // namespace
+
+template <class T>
+void cross_entropy_row_scores(const T* z, int64_t stride, int64_t classes, const int64_t* rows,
+                              const int64_t* target, int64_t count, int64_t ignore_index,
+                              float* loss, float* grad_norm, float* lse) {
+  for (int64_t i = 0; i < count; ++i) {
+    const T* row = z + (rows != nullptr ? rows[i] : i) * stride;
+    bool has_nan = false;
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < classes; ++j) {
+      const double v = static_cast<double>(row[j]);
+      has_nan |= std::isnan(v);
+      m = v > m ? v : m;
+    }
+    const int64_t y = target[i];
+    const bool ignored = y == ignore_index;
+    double s = 0.0, d_y = 0.0, q_y = 0.0;
+    for (int64_t j = 0; j < classes; ++j) {
+      const double e = std::exp(static_cast<double>(row[j]) - m);
+      s += e;
+      const double other = (ignored || j != y) ? e : 0.0;
+      d_y += other;
+      q_y += other * other;
+    }
+    const double log_s = std::log(s);
+    lse[i] = static_cast<float>(has_nan ? std::numeric_limits<double>::quiet_NaN() : m + log_s);
+    if (ignored) {
+      loss[i] = 0.0f;
+      grad_norm[i] = 0.0f;
+      continue;
+    }
+    const double gap = m - static_cast<double>(row[y]);
+    const double l = gap < kLog1pGap ? std::log1p(d_y * std::exp(gap)) : gap + log_s;
+    const double one_minus_p = -std::expm1(-l);
+    const double g = std::sqrt(one_minus_p * one_minus_p + q_y / (s * s));
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    loss[i] = static_cast<float>(has_nan ? nan : l);
+    grad_norm[i] = static_cast<float>(has_nan ? nan : g);
+  }
+}
+
+template void cross_entropy_row_scores(const float*, int64_t, int64_t, const int64_t*,
+                                       const int64_t*, int64_t, int64_t, float*, float*, float*);
+template void cross_entropy_row_scores(const double*, int64_t, int64_t, const int64_t*,
+                                       const int64_t*, int64_t, int64_t, float*, float*, float*);
+
+}  // namespace fastis
