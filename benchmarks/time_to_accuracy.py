@@ -18,6 +18,7 @@ per-step overhead of fastis's machinery against a plain PyTorch loop.
 
     python benchmarks/time_to_accuracy.py                       # everything, ~50 minutes
     python benchmarks/time_to_accuracy.py --tasks mnist --seeds 1 --seconds 5   # a smoke run
+    python benchmarks/time_to_accuracy.py --tasks          # only the per-step overhead
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ def plot(result: dict[str, Any], target: float, path: Path) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", nargs="+", choices=tuple(DEFAULT_SECONDS),
+    parser.add_argument("--tasks", nargs="*", choices=tuple(DEFAULT_SECONDS),
                         default=list(DEFAULT_SECONDS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seconds", type=float, help="training time per run (default: "

@@ -160,6 +160,56 @@ void bind_common(py::class_<Locked<Core>>& cls) {
       .def("weights", &all_weights<Core>);
 }
 
+// Row layout of a 2-D float32/float64 logits array whose rows are contiguous.
+struct RowLayout {
+  int64_t stride, classes;
+};
+
+RowLayout row_layout(const py::array& logits) {
+  if (logits.ndim() != 2) throw py::value_error("logits must be 2-D");
+  const auto item = static_cast<py::ssize_t>(logits.itemsize());
+  if (logits.shape(0) > 0 && logits.shape(1) > 1 && logits.strides(1) != item) {
+    throw py::value_error("logits rows must be contiguous");
+  }
+  if (logits.shape(0) > 0 && logits.strides(0) % item != 0) {
+    throw py::value_error("misaligned logits rows");
+  }
+  return {logits.shape(0) > 0 ? logits.strides(0) / item : 0, logits.shape(1)};
+}
+
+// Calls fn with the logits' data as const float* or const double*.
+template <class Fn>
+void with_logits(const py::array& logits, Fn&& fn) {
+  if (py::isinstance<py::array_t<float>>(logits)) {
+    fn(static_cast<const float*>(logits.data()));
+  } else if (py::isinstance<py::array_t<double>>(logits)) {
+    fn(static_cast<const double*>(logits.data()));
+  } else {
+    throw py::type_error("logits must be float32 or float64");
+  }
+}
+
+// The messages of fastis.ops's own checks, so either path fails the same way.
+void check_targets(const int64_t* target, int64_t count, int64_t classes, int64_t ignore_index) {
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t y = target[i];
+    if ((y < 0 || y >= classes) && y != ignore_index) {
+      throw py::value_error("target[" + std::to_string(i) + "] = " + std::to_string(y) +
+                            " is outside [0, " + std::to_string(classes) +
+                            ") and is not ignore_index (" + std::to_string(ignore_index) + ")");
+    }
+  }
+}
+
+void check_rows(const int64_t* rows, int64_t count, int64_t num_rows) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (rows[i] < 0 || rows[i] >= num_rows) {
+      throw py::index_error("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                            " is outside [0, " + std::to_string(num_rows) + ")");
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fastis
 
@@ -218,38 +268,54 @@ PYBIND11_MODULE(_C, m) {
       "cross_entropy_row_scores",
       [](const py::array& logits, const py::array_t<int64_t, py::array::c_style>& target,
          const std::optional<py::array_t<int64_t, py::array::c_style>>& rows,
-         int64_t ignore_index) {
-        if (logits.ndim() != 2) throw py::value_error("logits must be 2-D");
-        const auto item = static_cast<py::ssize_t>(logits.itemsize());
-        if (logits.shape(1) > 1 && logits.strides(1) != item) {
-          throw py::value_error("logits rows must be contiguous");
-        }
-        if (logits.strides(0) % item != 0) throw py::value_error("misaligned logits rows");
+         int64_t ignore_index, bool validate) {
+        const RowLayout layout = row_layout(logits);
         const int64_t count = target.shape(0);
         if (rows && rows->shape(0) != count) throw py::value_error("rows / target mismatch");
         if (!rows && logits.shape(0) != count) throw py::value_error("logits / target mismatch");
-        py::array_t<float> loss(count), grad_norm(count), lse(count);
-        const int64_t stride = logits.strides(0) / item, classes = logits.shape(1);
         const int64_t* row_ptr = rows ? rows->data() : nullptr;
         const int64_t* target_ptr = target.data();
-        float *l = loss.mutable_data(), *g = grad_norm.mutable_data(), *e = lse.mutable_data();
-        auto run = [&](const auto* z) {
-          py::gil_scoped_release no_gil;
-          cross_entropy_row_scores(z, stride, classes, row_ptr, target_ptr, count,
-                                   ignore_index, l, g, e);
-        };
-        if (py::isinstance<py::array_t<float>>(logits)) {
-          run(static_cast<const float*>(logits.data()));
-        } else if (py::isinstance<py::array_t<double>>(logits)) {
-          run(static_cast<const double*>(logits.data()));
-        } else {
-          throw py::type_error("logits must be float32 or float64");
+        if (validate) {
+          check_targets(target_ptr, count, layout.classes, ignore_index);
+          if (rows) check_rows(row_ptr, count, logits.shape(0));
         }
+        py::array_t<float> loss(count), grad_norm(count), lse(count);
+        float *l = loss.mutable_data(), *g = grad_norm.mutable_data(), *e = lse.mutable_data();
+        with_logits(logits, [&](const auto* z) {
+          py::gil_scoped_release no_gil;
+          cross_entropy_row_scores(z, layout.stride, layout.classes, row_ptr, target_ptr, count,
+                                   ignore_index, l, g, e);
+        });
         return py::make_tuple(loss, grad_norm, lse);
       },
       py::arg("logits"), py::arg("target"), py::arg("rows"), py::arg("ignore_index"),
+      py::arg("validate"),
       "Cross-entropy loss, gradient norm and log-sum-exp per row (float32 [count]), computed "
-      "row by row in double; targets and rows must be checked by the caller.");
+      "row by row in double; with validate, targets and rows are checked first.");
+  m.def(
+      "cross_entropy_row_grad",
+      [](const py::array& logits, const py::array_t<int64_t, py::array::c_style>& target,
+         const py::array_t<float, py::array::c_style>& lse,
+         const py::array_t<float, py::array::c_style>& loss,
+         const py::array_t<float, py::array::c_style>& scale, int64_t ignore_index) {
+        const RowLayout layout = row_layout(logits);
+        const int64_t count = logits.shape(0);
+        if (target.shape(0) != count || lse.shape(0) != count || loss.shape(0) != count ||
+            scale.shape(0) != count) {
+          throw py::value_error("logits, target, lse, loss and scale disagree on the rows");
+        }
+        py::array_t<float> grad({count, layout.classes});
+        float* out = grad.mutable_data();
+        with_logits(logits, [&](const auto* z) {
+          py::gil_scoped_release no_gil;
+          cross_entropy_row_grad(z, layout.stride, layout.classes, target.data(), count,
+                                 ignore_index, lse.data(), loss.data(), scale.data(), out);
+        });
+        return grad;
+      },
+      py::arg("logits"), py::arg("target"), py::arg("lse"), py::arg("loss"), py::arg("scale"),
+      py::arg("ignore_index"),
+      "float32 [N, C]: scale * (softmax - onehot) per row, from the forward's lse and loss.");
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("threads"));
   m.def(

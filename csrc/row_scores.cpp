@@ -50,6 +50,31 @@ void cross_entropy_row_scores(const T* z, int64_t stride, int64_t classes, const
   }
 }
 
+template <class T>
+void cross_entropy_row_grad(const T* z, int64_t stride, int64_t classes, const int64_t* target,
+                            int64_t count, int64_t ignore_index, const float* lse,
+                            const float* loss, const float* scale, float* grad) {
+  for (int64_t i = 0; i < count; ++i) {
+    const T* row = z + i * stride;
+    float* out = grad + i * classes;
+    const int64_t y = target[i];
+    if (y == ignore_index) {
+      for (int64_t j = 0; j < classes; ++j) out[j] = 0.0f;
+      continue;
+    }
+    const double s = scale[i], shift = lse[i];
+    for (int64_t j = 0; j < classes; ++j) {
+      out[j] = static_cast<float>(s * std::exp(static_cast<double>(row[j]) - shift));
+    }
+    out[y] = static_cast<float>(s * std::expm1(-static_cast<double>(loss[i])));
+  }
+}
+
+template void cross_entropy_row_grad(const float*, int64_t, int64_t, const int64_t*, int64_t,
+                                     int64_t, const float*, const float*, const float*, float*);
+template void cross_entropy_row_grad(const double*, int64_t, int64_t, const int64_t*, int64_t,
+                                     int64_t, const float*, const float*, const float*, float*);
+
 template void cross_entropy_row_scores(const float*, int64_t, int64_t, const int64_t*,
                                        const int64_t*, int64_t, int64_t, float*, float*, float*);
 template void cross_entropy_row_scores(const double*, int64_t, int64_t, const int64_t*,

@@ -24,4 +24,13 @@ void cross_entropy_row_scores(const T* z, int64_t stride, int64_t classes, const
                               const int64_t* target, int64_t count, int64_t ignore_index,
                               float* loss, float* grad_norm, float* lse);
 
+// The gradient of sum_i scale[i] * loss[i] w.r.t. those rows of z, into grad [count, classes]
+// (row-major, contiguous): scale[i] * (e^(z_ij - lse[i]) - [j = y_i]), the target entry as
+// scale[i] * expm1(-loss[i]) so that confident rows keep it (p_y - 1 ~ -1e-7 does not round to
+// 0). Rows whose target equals ignore_index get 0.
+template <class T>
+void cross_entropy_row_grad(const T* z, int64_t stride, int64_t classes, const int64_t* target,
+                            int64_t count, int64_t ignore_index, const float* lse,
+                            const float* loss, const float* scale, float* grad);
+
 }  // namespace fastis

@@ -104,24 +104,43 @@ def _use_native(backend: str, logits: torch.Tensor) -> bool:
             and logits.numel() <= _NATIVE_MAX_ELEMENTS)
 
 
-def _native_scores(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int,
-                   rows: torch.Tensor | None = None, lse_out: torch.Tensor | None = None
-                   ) -> Scores:
-    """cross_entropy_scores on the extension's row loop (float32 or float64 logits are read
-    in place when their rows are contiguous; half precision is widened first)."""
-    from fastis import _C
-
+def _native_layout(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as float32/float64 with contiguous rows, for the extension's row loops."""
     z = logits.detach()
     if z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()
     if z.shape[1] > 1 and z.stride(1) != 1:
         z = z.contiguous()
+    return z
+
+
+def _native_scores(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int,
+                   rows: torch.Tensor | None = None, lse_out: torch.Tensor | None = None,
+                   validate: bool = False) -> Scores:
+    """cross_entropy_scores on the extension's row loop (float32 or float64 logits are read
+    in place when their rows are contiguous; half precision is widened first). With
+    validate, the loop checks targets and rows itself (same errors as _checked_target and
+    _checked_rows, without their tensor operations)."""
+    from fastis import _C
+
     loss, grad_norm, lse = _C.cross_entropy_row_scores(
-        z.numpy(), target.contiguous().numpy(),
-        None if rows is None else rows.contiguous().numpy(), int(ignore_index))
+        _native_layout(logits).numpy(), target.contiguous().numpy(),
+        None if rows is None else rows.contiguous().numpy(), int(ignore_index), validate)
     if lse_out is not None:
         lse_out.copy_(torch.from_numpy(lse))
     return Scores(torch.from_numpy(loss), torch.from_numpy(grad_norm))
+
+
+def _native_backward(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor,
+                     loss: torch.Tensor, scale: torch.Tensor, *, ignore_index: int
+                     ) -> torch.Tensor:
+    """reference.cross_entropy_backward on the extension's row loop, in the logits' dtype."""
+    from fastis import _C
+
+    grad = _C.cross_entropy_row_grad(
+        _native_layout(logits).numpy(), target.contiguous().numpy(), lse.numpy(),
+        loss.numpy(), scale.float().contiguous().numpy(), int(ignore_index))
+    return torch.from_numpy(grad).to(logits.dtype)
 
 
 def _checked_rows(
@@ -203,15 +222,20 @@ def cross_entropy_scores(
     num_rows, num_classes = logits.shape
     if num_classes < 1:
         raise ValueError("logits must have at least one class (C >= 1)")
-    rows = _checked_rows(rows, num_rows, validate)
+    triton = _use_triton(backend, logits.device)
+    native = not triton and _use_native(backend, logits)
+    # The native loop checks values itself: here only shapes and dtypes.
+    host_checks = validate and not native
+    rows = _checked_rows(rows, num_rows, host_checks)
     expected, what = (num_rows, "logits") if rows is None else (rows.shape[0], "rows")
-    target = _checked_target(target, expected, num_classes, ignore_index, what, validate)
-    if _use_triton(backend, logits.device):
+    target = _checked_target(target, expected, num_classes, ignore_index, what, host_checks)
+    if triton:
         from fastis.triton_kernels import cross_entropy_scores as kernel
 
         return kernel.cross_entropy_scores(logits, target, ignore_index=ignore_index, rows=rows)
-    if _use_native(backend, logits):
-        return _native_scores(logits, target, ignore_index=ignore_index, rows=rows)
+    if native:
+        return _native_scores(logits, target, ignore_index=ignore_index, rows=rows,
+                              validate=validate)
     return reference.cross_entropy_scores(logits, target, ignore_index=ignore_index, rows=rows)
 
 
@@ -227,12 +251,14 @@ class _CrossEntropyWithScores(torch.autograd.Function):
             from fastis.triton_kernels import cross_entropy_scores as forward_kernel
 
             score = forward_kernel.cross_entropy_scores
+        elif path == "native":
+            score = functools.partial(_native_scores, validate=True)
         else:
-            score = _native_scores if path == "native" else reference.cross_entropy_scores
+            score = reference.cross_entropy_scores
         scores = score(logits.detach(), target, ignore_index=ignore_index, lse_out=lse)
         ctx.save_for_backward(logits, target, lse, scores.loss, weight)
         ctx.ignore_index = ignore_index
-        ctx.triton = triton
+        ctx.path = path
         ctx.mark_non_differentiable(scores.loss, scores.grad_norm)
         # A separate tensor from the (non-differentiable) score, float32 like the scores.
         loss = scores.loss.clone() if weight is None else scores.loss * weight.float()
@@ -242,10 +268,12 @@ class _CrossEntropyWithScores(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_score_loss, _grad_score_norm):
         logits, target, lse, loss, weight = ctx.saved_tensors
         scale = grad_loss.float() if weight is None else grad_loss.float() * weight.float()
-        if ctx.triton:
+        if ctx.path == "triton":
             from fastis.triton_kernels import cross_entropy_backward as backward_kernel
 
             backward = backward_kernel.cross_entropy_backward
+        elif ctx.path == "native":
+            backward = _native_backward
         else:
             backward = reference.cross_entropy_backward
         grad = backward(logits.detach(), target, lse, loss, scale, ignore_index=ctx.ignore_index)
@@ -288,11 +316,13 @@ def cross_entropy_with_scores(
     if logits.shape[1] < 1:
         raise ValueError("logits must have at least one class (C >= 1)")
     _check_backend(backend)
-    target = _checked_target(target, logits.shape[0], logits.shape[1], ignore_index, "logits")
     if _use_triton(backend, logits.device):
         path = "triton"
     else:
         path = "native" if _use_native(backend, logits) else "reference"
+    # The native forward checks target values itself (see _native_scores).
+    target = _checked_target(target, logits.shape[0], logits.shape[1], ignore_index, "logits",
+                             validate=path != "native")
     loss, score_loss, grad_norm = _CrossEntropyWithScores.apply(
         logits, target, weight, ignore_index, path
     )

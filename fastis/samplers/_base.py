@@ -300,12 +300,13 @@ class BatchSampler:
 
 
 def _single_step(step: Any) -> int:
-    is_array = isinstance(step, (torch.Tensor, np.ndarray))
-    values = step.reshape(-1).tolist() if is_array else [step]
-    if not values or any(v != values[0] for v in values):
+    if isinstance(step, torch.Tensor):
+        step = step.detach().cpu().numpy()
+    values = np.asarray(step).reshape(-1)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"batch.step must be an integer, got {values.dtype}")
+    if values.size == 0 or (values.size > 1 and not (values == values[0]).all()):
         raise ValueError("batch.step must hold one step number (a batch mixes several draws)")
-    if isinstance(values[0], (float, bool)):
-        raise TypeError("batch.step must be an integer")
     return int(values[0])
 
 
