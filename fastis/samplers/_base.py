@@ -26,6 +26,7 @@ import torch
 
 from fastis._convert import as_count, as_indices, as_seed
 from fastis.data import Draw
+from fastis.samplers._state import check_state_header, state_header
 
 _STATE_FORMAT = "fastis.sampler"
 _STATE_VERSION = 1
@@ -247,10 +248,7 @@ class BatchSampler:
         `update()`: configuration, position, the batches drawn ahead, the method's state.
         Plain Python, numpy and torch values (torch.save / pickle)."""
         return {
-            "format": _STATE_FORMAT,
-            "version": _STATE_VERSION,
-            "kind": type(self).__name__,
-            "config": self._config(),
+            **state_header(_STATE_FORMAT, _STATE_VERSION, type(self).__name__, self._config()),
             "next_step": self._next_step,
             "acked": self._acked,
             "in_flight": [d.__getstate__() for d in self._in_flight if d.step > self._acked],
@@ -263,20 +261,8 @@ class BatchSampler:
         """Restores a `state_dict()`; the next iterator yields the batches that were in flight,
         then continues. Raises ValueError (and changes nothing) for a state of another
         method, configuration or format."""
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError("not a fastis sampler state_dict")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"sampler state version {state.get('version')} is not supported "
-                             f"(this fastis reads version {_STATE_VERSION})")
-        if state.get("kind") != type(self).__name__:
-            raise ValueError(f"this state_dict belongs to a {state.get('kind')} sampler, not "
-                             f"a {type(self).__name__}")
-        mine, theirs = self._config(), state.get("config", {})
-        differing = sorted(k for k in set(mine) | set(theirs)
-                           if not _same(mine.get(k), theirs.get(k)))
-        if differing:
-            detail = ", ".join(f"{k}: {theirs.get(k)!r} != {mine.get(k)!r}" for k in differing)
-            raise ValueError(f"the state_dict comes from another configuration ({detail})")
+        check_state_header(state, fmt=_STATE_FORMAT, version=_STATE_VERSION,
+                           kind=type(self).__name__, config=self._config(), what="sampler")
         try:
             next_step, acked = int(state["next_step"]), int(state["acked"])
             in_flight = [Draw(np.asarray(i, np.int64), np.asarray(w, np.float32), int(s))
@@ -308,9 +294,3 @@ def _single_step(step: Any) -> int:
     if values.size == 0 or (values.size > 1 and not (values == values[0]).all()):
         raise ValueError("batch.step must hold one step number (a batch mixes several draws)")
     return int(values[0])
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return bool(a == b)

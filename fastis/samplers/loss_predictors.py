@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fastis._convert import as_count, as_indices, as_seed
+from fastis.samplers._state import check_state_header, state_header
 
 __all__ = ["LSTMLossPredictor", "LossPredictor", "PerClassGaussian"]
 
@@ -103,10 +104,7 @@ class LossPredictor:
         labels, the method's state), independent of later calls. Python scalars, lists,
         dicts and CPU tensors only, so `torch.load(..., weights_only=True)` reads it."""
         return {
-            "format": _STATE_FORMAT,
-            "version": _STATE_VERSION,
-            "kind": type(self).__name__,
-            "config": self._config(),
+            **state_header(_STATE_FORMAT, _STATE_VERSION, type(self).__name__, self._config()),
             "labels": torch.from_numpy(self.labels.astype(np.int64)),
             "state": self._state(),
         }
@@ -114,21 +112,9 @@ class LossPredictor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a `state_dict()`. Raises ValueError, changing nothing, for a state of
         another predictor, configuration, labelling or format, or with wrong shapes."""
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError("not a fastis loss-predictor state_dict")
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"loss-predictor state version {state.get('version')} is not "
-                             f"supported (this fastis reads version {_STATE_VERSION})")
-        if state.get("kind") != type(self).__name__:
-            raise ValueError(f"this state_dict belongs to a {state.get('kind')}, not a "
-                             f"{type(self).__name__}")
-        mine, theirs = self._config(), state.get("config")
-        if not isinstance(theirs, dict):
-            raise ValueError("corrupted loss-predictor state_dict: no config")
-        differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if differing:
-            detail = ", ".join(f"{k}: {theirs.get(k)!r} != {mine.get(k)!r}" for k in differing)
-            raise ValueError(f"the state_dict comes from another configuration ({detail})")
+        check_state_header(state, fmt=_STATE_FORMAT, version=_STATE_VERSION,
+                           kind=type(self).__name__, config=self._config(),
+                           what="loss-predictor")
         labels = _array(state.get("labels"), np.int64, (self.num_examples,), "labels")
         if not np.array_equal(labels, self.labels):
             raise ValueError("the state_dict was made for another labelling of the examples")
