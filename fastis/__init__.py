@@ -1,6 +1,6 @@
 """fastis: fast importance sampling for PyTorch training."""
 
-from fastis import data, ops, samplers
+from fastis import data, distributed, ops, samplers
 from fastis._C import get_num_threads, set_num_threads
 from fastis.structures import AliasTable, SumTree
 
@@ -8,6 +8,7 @@ __all__ = [
     "AliasTable",
     "SumTree",
     "data",
+    "distributed",
     "get_num_threads",
     "ops",
     "samplers",

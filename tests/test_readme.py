@@ -91,3 +91,45 @@ def test_readme_loop_trains_and_resumes_exactly(name, tmp_path):
     assert resumed["sampler"].step == straight["sampler"].step
     for a, b in zip(straight["model"].parameters(), resumed["model"].parameters()):
         assert torch.equal(a, b), name
+
+
+def _ddp_worker(rank: int, world: int, port: int, code: str, folder: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (1024,), generator=generator)
+    images = torch.randn(1024, 1, 8, 8, generator=generator)
+    namespace = {"train_set": TensorDataset(images, labels), "model": model,
+                 "optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "epochs": 2,
+                 "checkpoint_path": f"{folder}/ddp.pt"}
+    exec(code, namespace)
+    torch.save([p.detach() for p in namespace["model"].module.parameters()],
+               f"{folder}/rank{rank}.pt")
+
+
+def test_readme_ddp_example_runs_on_two_processes(tmp_path):
+    import multiprocessing
+    import socket
+
+    code = re.search(r"```python\n(.*?)```", README.split("<!-- ddp-example -->", 1)[1],
+                     re.S).group(1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_ddp_worker, args=(r, 2, port, code, str(tmp_path)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    # DDP kept the replicas equal, and rank 0 saved the global sampler state.
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    state = torch.load(tmp_path / "ddp.pt", weights_only=False)["sampler"]
+    assert state["kind"] == "ImportanceSampler" and state["acked"] == 2 * 4 - 1
