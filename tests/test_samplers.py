@@ -203,7 +203,7 @@ def test_upper_bound_tau_switches_on_and_off():
     first_pool = kinds.index(True)
     # tau climbs to 2 within a few tens of EMA steps, then pools (larger sets, larger
     # sqrt(|U| sum g^2)) keep it above.
-    assert 1 <= first_pool <= 40 and all(kinds[first_pool:])
+    assert 0 < first_pool <= 40 and all(kinds[first_pool:])
     assert sampler.stats()["tau"] > 2
     kinds = [step(lambda i: flat(i).numpy()) for _ in range(60)]
     assert kinds[0] and not kinds[-1]
@@ -484,6 +484,6 @@ def test_measured_costs_set_the_threshold():
         clock.sleep(0.02)  # the training step: ~2 ms per trained example
         sampler.update(draw, np.ones(len(pick.rows)))
     t_f, t_s = sampler._forward_cost, sampler._step_cost
-    assert 1.5e-4 < t_f < 1e-3 and 1.5e-3 < t_s < 1e-2
+    assert t_f > 1.5e-4 and t_f < 1e-3 and t_s > 1.5e-3 and t_s < 1e-2
     assert sampler.threshold() == pytest.approx((40 * t_f + 10 * t_s) / (10 * t_s))
     assert sampler.threshold() < (40 + 30) / 30  # cheaper forwards than the 1:2 model says
