@@ -487,3 +487,39 @@ def test_measured_costs_set_the_threshold():
     assert t_f > 1.5e-4 and t_f < 1e-3 and t_s > 1.5e-3 and t_s < 1e-2
     assert sampler.threshold() == pytest.approx((40 * t_f + 10 * t_s) / (10 * t_s))
     assert sampler.threshold() < (40 + 30) / 30  # cheaper forwards than the 1:2 model says
+
+
+def test_a_loader_thread_may_draw_while_the_loop_updates():
+    # One thread draws ahead (as a prefetching loader would) while the main thread updates;
+    # every call holds the sampler's lock, so the end state is exactly the sequential
+    # result of the updates, in the order they were made, and the counters agree with it.
+    import queue
+    import threading
+
+    n = 500
+    sampler = ImportanceSampler(n, 16, floor=0.1, steps_per_epoch=10**6, seed=4)
+    drawn: queue.Queue = queue.Queue(maxsize=8)
+
+    def loader() -> None:
+        for draw in sampler:
+            drawn.put(draw)
+            if draw.step == 1999:
+                return
+
+    thread = threading.Thread(target=loader)
+    thread.start()
+    expected = np.ones(n)
+    stamp = np.full(n, -1)
+    for _ in range(2000):
+        draw = drawn.get(timeout=30)
+        values = (draw.index % 13 + 1.0) * (1 + draw.step % 5)
+        sampler.update(draw, values)
+        expected[draw.index] = values  # numpy assignment: the last duplicate wins, as in update
+        stamp[draw.index] = draw.step
+        if draw.step % 100 == 0:
+            sampler.stats()  # reads while the loader thread draws
+    thread.join(30)
+    np.testing.assert_array_equal(sampler._tree.weights().numpy(), expected)
+    np.testing.assert_array_equal(sampler._stamp, stamp)
+    assert sampler._stamp_sum == stamp[stamp >= 0].sum()
+    assert sampler._num_seen == int(sampler._seen.sum()) and sampler.step == 2000

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -86,6 +87,17 @@ class BatchSampler:
         self._seen = np.zeros(self.num_examples, dtype=np.bool_)
         self._num_seen = 0
         self._last_weights = np.ones(0, dtype=np.float32)
+        # One call at a time: a loader thread may draw while the training loop updates.
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # locks do not pickle; a copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ the stream
     def __len__(self) -> int:
@@ -105,24 +117,36 @@ class BatchSampler:
     def set_epoch(self, epoch: int) -> None:
         """Positions the stream at the start of `epoch` (drops batches drawn ahead)."""
         epoch = as_count(epoch, "epoch")
-        self._next_step = epoch * self._epoch_steps
-        self._acked = self._next_step - 1
-        self._in_flight.clear()
-        self._replay.clear()
+        with self._lock:
+            self._next_step = epoch * self._epoch_steps
+            self._acked = self._next_step - 1
+            self._in_flight.clear()
+            self._replay.clear()
 
     def __iter__(self) -> Iterator[Draw]:
         """Yields the rest of the current epoch (a whole epoch when at its start); after
         `load_state_dict()` it first yields the batches that were in flight."""
-        first = self._replay[0].step if self._replay else self._next_step
+        with self._lock:
+            first = self._replay[0].step if self._replay else self._next_step
         end = (first // self._epoch_steps + 1) * self._epoch_steps
-        while self._replay:
+        while True:
+            with self._lock:
+                draw = self._next_draw(end)
+            if draw is None:
+                return
+            yield draw
+
+    def _next_draw(self, end: int) -> Draw | None:
+        """The next batch: a replayed one, else a new draw before step `end`, else None."""
+        if self._replay:
             draw = self._replay.popleft()
             self._in_flight.append(draw)
-            yield draw
-        while self._next_step < end:
-            draw = self._draw_and_record(self._next_step)
-            self._next_step += 1
-            yield draw
+            return draw
+        if self._next_step >= end:
+            return None
+        draw = self._draw_and_record(self._next_step)
+        self._next_step += 1
+        return draw
 
     def _draw_and_record(self, step: int) -> Draw:
         draw = self._draw(step)
@@ -149,9 +173,10 @@ class BatchSampler:
         the examples trained on, or a `fastis.ops.Scores` result (this method's
         `score_field` is taken from it). Bad input raises and changes nothing.
         """
-        index, step = self._batch_of(batch)
-        self._observe(self._trained_index(index, step), scores, step)
-        self._acknowledge(step)
+        with self._lock:
+            index, step = self._batch_of(batch)
+            self._observe(self._trained_index(index, step), scores, step)
+            self._acknowledge(step)
 
     def _trained_index(self, index: np.ndarray, step: int) -> np.ndarray:
         """The examples of step `step` that were trained on (default: the whole batch)."""
@@ -218,6 +243,10 @@ class BatchSampler:
         drawn batch's weights, as a fraction of the batch), `max_weight`, `min_weight`,
         `seen` (fraction of the data set drawn at least once), plus the method's own (tau,
         mean staleness, ...)."""
+        with self._lock:
+            return self._stats_locked()
+
+    def _stats_locked(self) -> dict[str, float]:
         w = self._last_weights.astype(np.float64)
         ess = float(w.sum() ** 2 / (len(w) * (w * w).sum())) if len(w) else math.nan
         return {
@@ -247,20 +276,26 @@ class BatchSampler:
         """Everything needed to continue the stream exactly after the last batch passed to
         `update()`: configuration, position, the batches drawn ahead, the method's state.
         Plain Python, numpy and torch values (torch.save / pickle)."""
-        return {
-            **state_header(_STATE_FORMAT, _STATE_VERSION, type(self).__name__, self._config()),
-            "next_step": self._next_step,
-            "acked": self._acked,
-            "in_flight": [d.__getstate__() for d in self._in_flight if d.step > self._acked],
-            "seen": np.packbits(self._seen),
-            "last_weights": self._last_weights.copy(),
-            "method": self._method_state(),
-        }
+        with self._lock:
+            return {
+                **state_header(_STATE_FORMAT, _STATE_VERSION, type(self).__name__,
+                               self._config()),
+                "next_step": self._next_step,
+                "acked": self._acked,
+                "in_flight": [d.__getstate__() for d in self._in_flight if d.step > self._acked],
+                "seen": np.packbits(self._seen),
+                "last_weights": self._last_weights.copy(),
+                "method": self._method_state(),
+            }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a `state_dict()`; the next iterator yields the batches that were in flight,
         then continues. Raises ValueError (and changes nothing) for a state of another
         method, configuration or format."""
+        with self._lock:
+            self._load_state_dict(state)
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
         check_state_header(state, fmt=_STATE_FORMAT, version=_STATE_VERSION,
                            kind=type(self).__name__, config=self._config(), what="sampler")
         try:

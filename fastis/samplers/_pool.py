@@ -94,6 +94,10 @@ class PoolSampler(BatchSampler):
         Returns:
             a Pick; for a batch that is not a pool, all its rows with its own weights.
         """
+        with self._lock:
+            return self._select(batch, scores)
+
+    def _select(self, batch: Any, scores: Any) -> Pick:
         index, step = self._batch_of(batch)
         if step in self._picked:  # a repeated call: the same answer, learned from once
             return self._picked[step]
