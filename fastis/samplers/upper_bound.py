@@ -116,9 +116,12 @@ class UpperBound(PoolSampler):
             self._forward_cost = _ema(self._forward_cost, self.last_forward_seconds / len(scores))
             self.last_forward_seconds = 0.0
 
-    def select(self, batch: Any, scores: Any) -> Pick:
-        pick = super().select(batch, scores)
-        self._selected_at = (self._batch_of(batch)[1], time.perf_counter())
+    def _select(self, batch: Any, scores: Any) -> Pick:
+        # Runs under the sampler's lock (PoolSampler.select); the step comes from the pick's
+        # own validation instead of validating the batch a second time.
+        pick = super()._select(batch, scores)
+        step = next(s for s, p in self._picked.items() if p is pick)
+        self._selected_at = (step, time.perf_counter())
         return pick
 
     def _update_tau(self, scores: np.ndarray) -> None:
