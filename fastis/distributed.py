@@ -16,14 +16,27 @@ wrapped sampler the whole batch in its original order, so the result does not de
 world size; the state_dict is the wrapped sampler's (global) one, and a run resumes at any
 world size with the same global stream.
 
-Pool methods (UpperBound, exact BiasedLoss) need the whole pool's scores in `select()`;
-they are not supported here yet (BiasedLoss with a loss predictor is: it has no pools).
+Pool methods (UpperBound, exact BiasedLoss): rank r holds positions r::W of the global pool
+and scores them; `select()` gathers the pool's scores (one all_gather) and every rank
+resamples the same b picks from the whole pool. A pick is trained by the rank that holds
+its pool row (its data and, with reuse_forward, its forward are there), so rank r trains on
+m_r of the b picks, m_r varying from step to step around b / W. To keep the loop unchanged
+(`loss.mean()`, DDP averaging the W ranks' gradients) and the gradient exactly the one-process
+one, (1 / b) sum_j w_j grad l_j, each rank's picks are padded to M = max_r m_r rows (the
+padding repeats a row of the rank's shard with weight 0: no NaN from an empty mean, and the
+same shapes on every rank) and the weights scaled by M W / b:
+    (1 / W) sum_r (1 / M) sum_{j on r} (M W / b) w_j grad l_j = (1 / b) sum_j w_j grad l_j.
+The second collective of a pool step is update()'s, so a pool step costs two, a plain step
+one. UpperBound(cost="measured") times its steps: each gather carries the rank's time and
+every rank takes the slowest rank's, so the switch stays identical on all ranks.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +44,19 @@ import torch.distributed as dist
 
 from fastis.data import Draw
 from fastis.samplers._base import BatchSampler
-from fastis.samplers._pool import PoolSampler
+from fastis.samplers._pool import Pick, PoolSampler
+
+# Columns of the gathered rows: the position in the global batch (or pool, or pick list),
+# the data set index, the score, the step, and the rank's time for the step (NaN: none).
+_POSITION, _INDEX, _SCORE, _STEP, _SECONDS = range(5)
+
+
+class _LocalPick(NamedTuple):
+    """This rank's part of a pool step's picks: `pick` (padded, scaled weights) and the
+    positions in the global pick list of its first `len(positions)` rows."""
+
+    pick: Pick
+    positions: np.ndarray
 
 
 class Sharded:
@@ -48,10 +73,6 @@ class Sharded:
                  world_size: int | None = None, group: Any = None) -> None:
         if not isinstance(sampler, BatchSampler):
             raise TypeError(f"Sharded wraps a fastis sampler, got {type(sampler).__name__}")
-        if isinstance(sampler, PoolSampler) and getattr(sampler, "predictor", None) is None:
-            raise NotImplementedError(
-                f"{type(sampler).__name__} resamples pools in select(), which needs every "
-                "rank's pool scores; it is not supported under torch.distributed yet")
         initialised = dist.is_available() and dist.is_initialized()
         self.world_size = world_size if world_size is not None else (
             dist.get_world_size(group) if initialised else 1)
@@ -63,6 +84,8 @@ class Sharded:
                              f"{sampler.batch_size}: some ranks would get empty shards")
         self.sampler, self.group = sampler, group
         self._collective = initialised and self.world_size > 1
+        self._local_picks: dict[int, _LocalPick] = {}  # select() results not yet updated
+        self._selected_at: dict[int, float] = {}  # step -> perf_counter() when selected
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -83,38 +106,135 @@ class Sharded:
     def step(self) -> int:
         return self.sampler.step
 
+    def is_pool(self, batch: Any) -> bool:
+        """Whether `batch` (this rank's shard) belongs to a pool step."""
+        return self._is_pool_step(self.sampler._batch_of(batch)[1])
+
+    def select(self, batch: Any, scores: Any) -> Pick:
+        """PoolSampler.select() for this rank's shard of a pool (module docstring).
+
+        Args:
+            batch: this rank's shard, as the loader yielded it.
+            scores: its scores, float [len(batch)], or a callable on its row positions.
+        Returns:
+            the Pick this rank trains on: rows of its shard, padded to the same length on
+            every rank with weight-0 rows, weights scaled for DDP's mean (module docstring);
+            on a step that is not a pool, the whole shard with its own weights.
+        Every rank must call it for every pool step (it gathers); elsewhere it is local.
+        """
+        if not isinstance(self.sampler, PoolSampler):
+            raise TypeError(f"{type(self.sampler).__name__} has no select(): it draws "
+                            "batches to train on as they are")
+        index, step = self.sampler._batch_of(batch)
+        if step in self._local_picks:  # a repeated call: the same answer, gathered once
+            return self._local_picks[step].pick
+        if self._is_pool_step(step):
+            local = self._select_pool(index, step, scores)
+        else:
+            weight = torch.as_tensor(np.asarray(batch.weight, np.float32)).reshape(-1)
+            local = _LocalPick(Pick(torch.arange(len(index)), torch.from_numpy(index.copy()),
+                                    weight), np.arange(len(index)))
+        self._local_picks[step] = local
+        self._selected_at[step] = time.perf_counter()
+        return local.pick
+
+    def _select_pool(self, index: np.ndarray, step: int, scores: Any) -> _LocalPick:
+        sampler = self.sampler
+        sampler.last_forward_seconds = 0.0
+        values = sampler._score_pool(scores, len(index))
+        seconds = sampler.last_forward_seconds or math.nan
+        mine = self._rows(self._positions(len(index)), index, values, step, seconds)
+        pool = self._gather(mine, -(-sampler.pool_size // self.world_size), step)
+        # The slowest rank's forward is the pool's cost (0: no rank timed one).
+        slowest = _slowest(pool)
+        sampler.last_forward_seconds = 0.0 if math.isnan(slowest) else slowest
+        whole = sampler.select(Draw(pool[:, _INDEX].astype(np.int64),
+                                    np.ones(len(pool), np.float32), step), pool[:, _SCORE])
+        owner = whole.rows.numpy() % self.world_size
+        padded_length = int(np.bincount(owner, minlength=self.world_size).max())
+        positions = np.flatnonzero(owner == self.rank)
+        padding = padded_length - len(positions)
+        rows = torch.cat([whole.rows[positions] // self.world_size,
+                          torch.zeros(padding, dtype=torch.int64)])
+        local_index = torch.from_numpy(index[rows.numpy()])
+        scale = padded_length * self.world_size / sampler.batch_size
+        weight = torch.cat([whole.weight[positions] * scale, torch.zeros(padding)])
+        return _LocalPick(Pick(rows, local_index, weight), positions)
+
     def update(self, batch: Any, scores: Any = None) -> None:
         """Merges this rank's scores with every other rank's (one all_gather), then updates
         the global sampler with the whole batch. Every rank must call it for every batch,
-        all with scores or all without (then nothing is exchanged)."""
+        all with scores or all without (then nothing is exchanged). On a pool step `scores`
+        are aligned with the Pick's rows (its padding included)."""
         index, step = self.sampler._batch_of(batch)
+        local = self._local_picks.get(step)
+        if local is None and self._is_pool_step(step):
+            raise ValueError(f"step {step} is a pool: call select() on it before update()")
         if scores is None:
             self.sampler.update(Draw(index, np.ones(len(index), np.float32), step))
-            return
-        values = self.sampler.scores_of(scores, len(index), allow_invalid=True)
-        positions = self.rank + self.world_size * np.arange(len(index))
-        mine = np.stack([positions, index, values, np.full(len(index), step)], 1)
-        merged = self._all_gather(mine)
-        if not (merged[:, 3] == step).all():
-            raise RuntimeError("ranks updated different steps: every rank must call update() "
-                               "for the same batch")
-        merged = merged[np.argsort(merged[:, 0], kind="stable")]
-        self.sampler.update(Draw(merged[:, 1].astype(np.int64),
-                                 np.ones(len(merged), np.float32), step), merged[:, 2])
+        else:
+            self._update_merged(index, step, scores, local if self._is_pool_step(step) else None)
+        self._forget_before(self.sampler.step)
 
-    def _all_gather(self, rows: np.ndarray) -> np.ndarray:
-        """Every rank's rows (float64 [m_r, 4]), concatenated; shards differ in length by at
-        most one, so each is padded to the longest (marked by a NaN position)."""
-        if not self._collective:
-            return rows
-        longest = -(-self.sampler.batch_size // self.world_size)
-        padded = np.full((longest, 4), np.nan)
-        padded[:len(rows)] = rows
-        mine = torch.from_numpy(padded)
-        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(parts, mine, group=self.group)
-        merged = torch.cat(parts).numpy()
-        return merged[~np.isnan(merged[:, 0])]
+    def _update_merged(self, index: np.ndarray, step: int, scores: Any,
+                       local: _LocalPick | None) -> None:
+        """update() with scores; `local` is this rank's pick on a pool step, else None."""
+        pool_step = local is not None
+        trained = len(local.pick.rows) if pool_step else len(index)
+        values = self.sampler.scores_of(scores, trained, allow_invalid=True)
+        if pool_step:
+            positions, index = local.positions, local.pick.index.numpy()
+            values, index = values[:len(positions)], index[:len(positions)]
+            longest = trained  # the padded length, the same on every rank
+        else:
+            positions = self._positions(len(index))
+            longest = -(-self.sampler.batch_size // self.world_size)
+        selected_at = self._selected_at.get(step)
+        seconds = time.perf_counter() - selected_at if selected_at is not None else math.nan
+        merged = self._gather(self._rows(positions, index, values, step, seconds), longest, step)
+        if isinstance(self.sampler, PoolSampler):
+            # The step took as long as its slowest rank: every rank records that time.
+            self.sampler._given_seconds = (step, _slowest(merged))
+        self.sampler.update(Draw(merged[:, _INDEX].astype(np.int64),
+                                 np.ones(len(merged), np.float32), step), merged[:, _SCORE])
+
+    def _is_pool_step(self, step: int) -> bool:
+        return isinstance(self.sampler, PoolSampler) and step in self.sampler._pool_steps
+
+    def _forget_before(self, step: int) -> None:
+        """Drops the selections of acknowledged steps."""
+        for kept in (self._local_picks, self._selected_at):
+            for old in [s for s in kept if s < step]:
+                del kept[old]
+
+    def _positions(self, size: int) -> np.ndarray:
+        """Positions in the global batch or pool of this rank's `size` rows."""
+        return self.rank + self.world_size * np.arange(size)
+
+    @staticmethod
+    def _rows(positions: np.ndarray, index: np.ndarray, values: np.ndarray, step: int,
+              seconds: float) -> np.ndarray:
+        rows = np.empty((len(positions), 5))
+        rows[:, _POSITION], rows[:, _INDEX], rows[:, _SCORE] = positions, index, values
+        rows[:, _STEP], rows[:, _SECONDS] = step, seconds
+        return rows
+
+    def _gather(self, rows: np.ndarray, longest: int, step: int) -> np.ndarray:
+        """Every rank's rows (float64 [m_r, 5], m_r <= longest), concatenated and sorted by
+        position: one all_gather, each rank's rows padded to `longest` (a NaN position
+        marks the padding)."""
+        if self._collective:
+            padded = np.full((longest, rows.shape[1]), np.nan)
+            padded[:len(rows)] = rows
+            mine = torch.from_numpy(padded)
+            parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+            dist.all_gather(parts, mine, group=self.group)
+            rows = torch.cat(parts).numpy()
+            rows = rows[~np.isnan(rows[:, _POSITION])]
+        if not (rows[:, _STEP] == step).all():
+            raise RuntimeError("ranks gathered different steps: every rank must call "
+                               "select() and update() for the same batch")
+        return rows[np.argsort(rows[:, _POSITION], kind="stable")]
 
     def stats(self) -> dict[str, float]:
         return self.sampler.stats()
@@ -126,3 +246,12 @@ class Sharded:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a global state saved at any world size."""
         self.sampler.load_state_dict(state)
+        self._local_picks.clear()
+        self._selected_at.clear()
+
+
+def _slowest(rows: np.ndarray) -> float:
+    """The largest time among the gathered rows, NaN when no rank timed anything."""
+    seconds = rows[:, _SECONDS]
+    seconds = seconds[~np.isnan(seconds)]
+    return float(seconds.max()) if len(seconds) else math.nan

@@ -12,6 +12,7 @@ On other steps `select` returns the batch as it is, so one loop serves both kind
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, NamedTuple
 
@@ -68,6 +69,12 @@ class PoolSampler(BatchSampler):
         self._pool_steps: set[int] = set()  # drawn pool steps not yet acknowledged
         self._picked: dict[int, Pick] = {}  # select() results of unacknowledged steps
         self.last_forward_seconds = 0.0  # time select() spent in a scoring callable
+        # (step, time.perf_counter()) of the latest select(): a step's training time runs
+        # from there to its update() (UpperBound's measured cost).
+        self._selected_at: tuple[int, float] | None = None
+        # (step, seconds): a step's training time given from outside (fastis.distributed:
+        # the slowest rank's), used instead of the local clock; NaN: no rank timed it.
+        self._given_seconds: tuple[int, float] | None = None
 
     def _config(self) -> dict:
         return {**super()._config(), "pool_size": self.pool_size,
@@ -99,8 +106,13 @@ class PoolSampler(BatchSampler):
 
     def _select(self, batch: Any, scores: Any) -> Pick:
         index, step = self._batch_of(batch)
-        if step in self._picked:  # a repeated call: the same answer, learned from once
-            return self._picked[step]
+        pick = self._picked.get(step)  # a repeated call: the same answer, learned from once
+        if pick is None:
+            pick = self._pick(batch, index, step, scores)
+        self._selected_at = (step, time.perf_counter())
+        return pick
+
+    def _pick(self, batch: Any, index: np.ndarray, step: int, scores: Any) -> Pick:
         if step not in self._pool_steps:
             weight = torch.as_tensor(np.asarray(batch.weight, np.float32)).reshape(-1)
             pick = Pick(torch.arange(len(index)), torch.from_numpy(index.copy()), weight)
@@ -115,6 +127,16 @@ class PoolSampler(BatchSampler):
                         torch.from_numpy(weight.astype(np.float32)))
         self._picked[step] = pick
         return pick
+
+    def _training_seconds(self, step: int) -> float | None:
+        """How long step `step` trained, from its select() to now (its update()); None
+        when unknown."""
+        if self._given_seconds is not None and self._given_seconds[0] == step:
+            seconds = self._given_seconds[1]
+            return None if math.isnan(seconds) else seconds
+        if self._selected_at is not None and self._selected_at[0] == step:
+            return time.perf_counter() - self._selected_at[1]
+        return None
 
     def _trained_index(self, index: np.ndarray, step: int) -> np.ndarray:
         if step not in self._pool_steps:
@@ -160,6 +182,7 @@ class PoolSampler(BatchSampler):
         this, then install theirs (so a bad state changes nothing)."""
         pool_steps = {int(s) for s in state["pool_steps"]}
         self._pool_steps, self._picked = pool_steps, {}
+        self._selected_at = self._given_seconds = None
 
 
 def resample_probabilities(scores: np.ndarray) -> np.ndarray:

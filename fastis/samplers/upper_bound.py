@@ -24,14 +24,13 @@ bound were tight. tau_th is the cost ratio of the two kinds of step (eq. 29 of t
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
 
 from fastis.data import Draw
 from fastis.samplers._base import STREAM_DRAW, positive_int, probability, step_generator
-from fastis.samplers._pool import Pick, PoolSampler, resample_probabilities
+from fastis.samplers._pool import PoolSampler, resample_probabilities
 
 
 class UpperBound(PoolSampler):
@@ -74,7 +73,6 @@ class UpperBound(PoolSampler):
         self.tau = 0.0
         self._forward_cost = math.nan  # seconds per example, scoring forward (EMA)
         self._step_cost = math.nan  # seconds per example, training step (EMA)
-        self._selected_at: tuple[int, float] | None = None
         self._importance_steps = 0
 
     def _config(self) -> dict:
@@ -116,14 +114,6 @@ class UpperBound(PoolSampler):
             self._forward_cost = _ema(self._forward_cost, self.last_forward_seconds / len(scores))
             self.last_forward_seconds = 0.0
 
-    def _select(self, batch: Any, scores: Any) -> Pick:
-        # Runs under the sampler's lock (PoolSampler.select); the step comes from the pick's
-        # own validation instead of validating the batch a second time.
-        pick = super()._select(batch, scores)
-        step = next(s for s, p in self._picked.items() if p is pick)
-        self._selected_at = (step, time.perf_counter())
-        return pick
-
     def _update_tau(self, scores: np.ndarray) -> None:
         g = resample_probabilities(scores)
         # tau's update, ALGORITHMS.md 1.3: (1 - ||g - u||^2 / ||g||^2)^(-1/2) = sqrt(|U| sum g^2).
@@ -135,9 +125,9 @@ class UpperBound(PoolSampler):
             raise ValueError("UpperBound.update() needs the scores of the trained examples "
                              "(they drive tau on uniform steps)")
         values = self.scores_of(scores, len(index))
-        if self._selected_at is not None and self._selected_at[0] == step:
-            elapsed = time.perf_counter() - self._selected_at[1]
-            self._step_cost = _ema(self._step_cost, elapsed / len(index))
+        seconds = self._training_seconds(step)
+        if seconds is not None:
+            self._step_cost = _ema(self._step_cost, seconds / len(index))
         if step not in self._pool_steps:
             self._update_tau(values)
 
@@ -159,7 +149,6 @@ class UpperBound(PoolSampler):
         super()._load_method_state(state)
         self.tau, self._importance_steps = tau, importance_steps
         self._forward_cost, self._step_cost = costs
-        self._selected_at = None
 
 
 def _ema(average: float, value: float, momentum: float = 0.9) -> float:
