@@ -222,7 +222,8 @@ def test_ranks_share_one_global_stream_and_all_updates(kind, world, tmp_path):
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-9, err_msg=key)
-    if kind == "upper-bound-measured":  # every rank recorded the slowest rank's times (rank 1 sleeps in its forward)
+    if kind == "upper-bound-measured":
+        # Every rank recorded the slowest rank's times (rank 1 sleeps in its forward).
         assert ranks[0]["state"]["forward_cost"] >= 0.002 / 36
         assert np.isfinite(ranks[0]["state"]["step_cost"])
 

@@ -111,25 +111,45 @@ def _ddp_worker(rank: int, world: int, port: int, code: str, folder: str) -> Non
                f"{folder}/rank{rank}.pt")
 
 
-def test_readme_ddp_example_runs_on_two_processes(tmp_path):
+def ddp_variants() -> dict[str, str]:
+    """The README's DDP example, and its pool variant (the README's DDP pool lines instead
+    of `w = batch.weight`, with the exact BiasedLoss: every step a pool)."""
+    code = re.search(r"```python\n(.*?)```", README.split("<!-- ddp-example -->", 1)[1],
+                     re.S).group(1)
+    pool_lines = re.search(r"```python\n(.*?)```", README.split("<!-- ddp-pool-lines -->", 1)[1],
+                           re.S).group(1).rstrip("\n")
+    constructor = ("fastis.samplers.ImportanceSampler(len(train_set), batch_size=256, "
+                   "floor=0.1, seed=0)")
+    assert constructor in code and "        w = batch.weight\n" in code
+    pooled = code.replace("        w = batch.weight", pool_lines).replace(
+        constructor, "fastis.samplers.BiasedLoss(len(train_set), batch_size=256, seed=0)")
+    return {"ImportanceSampler": code, "BiasedLoss": pooled}
+
+
+@pytest.mark.parametrize("kind", ["ImportanceSampler", "BiasedLoss"])
+def test_readme_ddp_example_runs_on_two_processes(kind, tmp_path):
     import multiprocessing
     import socket
 
-    code = re.search(r"```python\n(.*?)```", README.split("<!-- ddp-example -->", 1)[1],
-                     re.S).group(1)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_ddp_worker, args=(r, 2, port, code, str(tmp_path)))
+    # spawn, not fork: a child forked after this process ran torch's OpenMP pool hangs.
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_ddp_worker,
+                             args=(r, 2, port, ddp_variants()[kind], str(tmp_path)))
              for r in range(2)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    try:
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            p.kill()
     # DDP kept the replicas equal, and rank 0 saved the global sampler state.
     first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     state = torch.load(tmp_path / "ddp.pt", weights_only=False)["sampler"]
-    assert state["kind"] == "ImportanceSampler" and state["acked"] == 2 * 4 - 1
+    assert state["kind"] == kind and state["acked"] == 2 * 4 - 1
