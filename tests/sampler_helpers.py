@@ -35,11 +35,12 @@ def same_state(a: Any, b: Any) -> bool:
 
 
 def round_trip(state: dict) -> dict:
-    """The state after torch.save / torch.load, as a checkpoint stores it."""
+    """The state after torch.save / torch.load (weights_only, torch's default), as a
+    checkpoint stores it."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return torch.load(buffer, weights_only=True)
 
 
 class LeastSquares:

@@ -129,7 +129,7 @@ def _worker(rank: int, world: int, init: str, out: str, kind: str, steps: int,
     try:
         sampler = Sharded(KINDS[kind]())
         if resume:
-            sampler.load_state_dict(torch.load(resume, weights_only=False))
+            sampler.load_state_dict(torch.load(resume))
         records = run(sampler, steps, save_after,
                       Path(save_to) if save_to and rank == 0 else None,
                       slow_forward=0.002 * rank)

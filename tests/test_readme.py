@@ -64,7 +64,7 @@ def run(code: str, epochs: int, checkpoint_path: Path, resume: bool = False) -> 
         # The README's resume: build the same objects, load the three states, run the loop.
         setup, body = code.split("for epoch in range", 1)
         exec(setup, namespace)
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         namespace["sampler"].load_state_dict(state["sampler"])
@@ -151,5 +151,5 @@ def test_readme_ddp_example_runs_on_two_processes(kind, tmp_path):
     # DDP kept the replicas equal, and rank 0 saved the global sampler state.
     first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    state = torch.load(tmp_path / "ddp.pt", weights_only=False)["sampler"]
+    state = torch.load(tmp_path / "ddp.pt")["sampler"]
     assert state["kind"] == kind and state["acked"] == 2 * 4 - 1

@@ -27,7 +27,7 @@ import torch
 
 from fastis._convert import as_count, as_indices, as_seed
 from fastis.data import Draw
-from fastis.samplers._state import check_state_header, state_header
+from fastis.samplers._state import check_state_header, portable, state_header
 
 _STATE_FORMAT = "fastis.sampler"
 _STATE_VERSION = 1
@@ -275,9 +275,9 @@ class BatchSampler:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the stream exactly after the last batch passed to
         `update()`: configuration, position, the batches drawn ahead, the method's state.
-        Plain Python, numpy and torch values (torch.save / pickle)."""
+        Python values and CPU tensors only: torch.load(weights_only=True) reads it."""
         with self._lock:
-            return {
+            return portable({
                 **state_header(_STATE_FORMAT, _STATE_VERSION, type(self).__name__,
                                self._config()),
                 "next_step": self._next_step,
@@ -286,7 +286,7 @@ class BatchSampler:
                 "seen": np.packbits(self._seen),
                 "last_weights": self._last_weights.copy(),
                 "method": self._method_state(),
-            }
+            })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a `state_dict()`; the next iterator yields the batches that were in flight,

@@ -1,10 +1,14 @@
 """The header every sampler and loss-predictor state_dict carries (format, version, kind,
-configuration), and its check on load."""
+configuration), its check on load, and the conversion that lets `torch.load(...,
+weights_only=True)` (torch's default since 2.6, and Lightning's) read a state."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import numpy as np
+import torch
 
 
 def state_header(fmt: str, version: int, kind: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -36,3 +40,19 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return bool(a == b)
+
+
+def portable(value: Any) -> Any:
+    """`value` with every numpy array made a CPU tensor (a copy) and every numpy scalar a
+    Python one, through dicts, lists and tuples: what torch.load(weights_only=True) reads.
+    Loaders read the tensors back with np.asarray (np.array on a tensor warns under numpy 2)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(portable(item) for item in value)
+    return value
+

@@ -193,11 +193,11 @@ class HighLossBatches(BatchSampler):
     def _load_method_state(self, state: dict[str, Any]) -> None:
         m, k = self.num_batches, self.batches_per_pass
         try:
-            losses = np.array(state["losses"], dtype=np.float64)
-            loss_pass = np.array(state["loss_pass"])
-            last_trained = np.array(state["last_trained"])
+            losses = np.asarray(state["losses"], dtype=np.float64).copy()
+            loss_pass = np.asarray(state["loss_pass"]).copy()
+            last_trained = np.asarray(state["last_trained"]).copy()
             current = state["pass"]
-            selection = np.array(state["selection"])
+            selection = np.asarray(state["selection"]).copy()
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"corrupted HighLossBatches state: {err}") from None
         ints = (loss_pass, last_trained, selection)

@@ -178,8 +178,8 @@ class RAS(BatchSampler):
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         try:
-            v = np.array(state["second_moments"], dtype=np.float64)
-            observed = np.array(state["observed"])
+            v = np.asarray(state["second_moments"], dtype=np.float64).copy()
+            observed = np.asarray(state["observed"]).copy()
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"corrupted RAS state: {err}") from None
         k = self.num_groups

@@ -1,0 +1,58 @@
+"""PyTorch Lightning: a callback that feeds a fastis sampler and keeps its state in the
+Trainer's checkpoints.
+
+    sampler = fastis.samplers.ImportanceSampler(len(train_set), 128, seed=0)
+    # in the LightningModule:
+    #   train_dataloader(): DataLoader(fastis.data.Indexed(train_set), batch_sampler=sampler)
+    #   training_step(batch, i): x, y = batch.data; loss, scores = cross_entropy_with_scores(
+    #       self(x), y, weight=batch.weight); return {"loss": loss.mean(), "scores": scores}
+    trainer = lightning.Trainer(callbacks=[ImportanceSampling(sampler)])
+
+After each training batch the callback calls `sampler.update(batch, outputs["scores"])`
+(before any checkpoint callback of the same batch runs: Lightning runs those last), and the
+sampler's state_dict travels in every checkpoint as this callback's state; `trainer.fit(...,
+ckpt_path=...)` restores it, and the sampler continues its stream after the last trained
+batch, also from a checkpoint taken mid-epoch.
+
+Under DDP, wrap the sampler in `fastis.distributed.Sharded` and construct the Trainer with
+`use_distributed_sampler=False` (Lightning would otherwise try to replace the batch sampler
+with its own DistributedSampler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+
+from fastis.distributed import Sharded
+from fastis.samplers._base import BatchSampler
+
+
+class ImportanceSampling(pl.Callback):
+    """Updates `sampler` after every training batch and checkpoints its state.
+
+    Args:
+        sampler: the DataLoader's batch_sampler (a fastis sampler, or Sharded under DDP).
+        scores_key: the key of the training_step output holding the per-example scores (a
+            fastis.ops.Scores or float [b]); when the output has no such key the batch is
+            acknowledged without scores (Uniform, SoftRandom).
+    """
+
+    def __init__(self, sampler: BatchSampler | Sharded, scores_key: str = "scores") -> None:
+        if not isinstance(sampler, (BatchSampler, Sharded)):
+            raise TypeError(f"ImportanceSampling needs a fastis sampler, got "
+                            f"{type(sampler).__name__}")
+        self.sampler, self.scores_key = sampler, scores_key
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        scores = outputs.get(self.scores_key) if isinstance(outputs, Mapping) else None
+        self.sampler.update(batch, scores)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state_dict["sampler"])
