@@ -4,6 +4,7 @@ files). Statistical checks use fixed seeds with the false-alarm rates stated at 
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 
@@ -122,6 +123,19 @@ def test_set_epoch_positions_the_stream():
     b.set_epoch(2)
     assert b.epoch == 2 and b.step == 10
     assert [d.index.tolist() for d in b] == [d.index.tolist() for d in a]
+
+    # In the middle of epoch 1 (3 of its 5 steps trained), set_epoch(1) changes nothing,
+    # so a resumed run continues; set_epoch(2) skips to the next epoch.
+    c, d = SoftRandom(500, 50, rate=0.5, seed=9), SoftRandom(500, 50, rate=0.5, seed=9)
+    for sampler in (c, d):
+        sampler.set_epoch(1)
+        for draw in itertools.islice(sampler, 3):
+            sampler.update(draw)
+    rest = [draw.index.tolist() for draw in c]
+    d.set_epoch(1)
+    assert d.step == 8 and [draw.index.tolist() for draw in d] == rest and len(rest) == 2
+    d.set_epoch(2)
+    assert d.step == 10
 
 
 # ----------------------------------------------------------------------- ImportanceSampler

@@ -115,9 +115,14 @@ class BatchSampler:
         return self._acked + 1
 
     def set_epoch(self, epoch: int) -> None:
-        """Positions the stream at the start of `epoch` (drops batches drawn ahead)."""
+        """Positions the stream at the start of `epoch` (drops batches drawn ahead). When
+        the stream is in `epoch` already, nothing changes: a loop that calls set_epoch(e)
+        at the start of every epoch (as Lightning and transformers do) continues a run
+        resumed in the middle of epoch e instead of restarting it."""
         epoch = as_count(epoch, "epoch")
         with self._lock:
+            if epoch == self.epoch:
+                return
             self._next_step = epoch * self._epoch_steps
             self._acked = self._next_step - 1
             self._in_flight.clear()
