@@ -1,0 +1,123 @@
+"""fastis.integrations.transformers with the real transformers Trainer on CPU: a tiny BERT
+classifier trains with a method, checkpoints, and a fresh Trainer resumed from a mid-run
+(and mid-epoch) checkpoint ends with the same parameters and sampler state as the
+uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+transformers = pytest.importorskip("transformers")
+
+from sampler_helpers import same_state  # noqa: E402
+
+import fastis  # noqa: E402
+from fastis.integrations.transformers import SAMPLER_FILE, ImportanceSamplingTrainer  # noqa: E402
+
+N, BATCH, STEPS, CUT = 64, 8, 12, 5  # 8 steps per epoch: the cut is inside epoch 0
+
+METHODS = {
+    "ImportanceSampler": lambda: fastis.samplers.ImportanceSampler(N, BATCH, floor=0.1, seed=0),
+    "UpperBound": lambda: fastis.samplers.UpperBound(N, BATCH, tau_th=1.01, momentum=0.5,
+                                                     seed=0),
+}
+
+
+def dataset() -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (N,), generator=generator)
+    tokens = torch.randint(3, 40, (N, 8), generator=generator)
+    tokens[:, 0] = labels  # the first token gives the class away: learnable
+    return [{"input_ids": t, "labels": int(y)} for t, y in zip(tokens, labels)]
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # deterministic steps
+    return transformers.BertForSequenceClassification(config)
+
+
+def train(method: str, output_dir, accumulation: int, resume=None):
+    args = transformers.TrainingArguments(
+        output_dir=str(output_dir), max_steps=STEPS // accumulation, save_strategy="steps",
+        save_steps=CUT // accumulation + (CUT % accumulation > 0), learning_rate=0.05,
+        gradient_accumulation_steps=accumulation, report_to=[], use_cpu=True, seed=0,
+        logging_steps=1000, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=args,
+                                        train_dataset=dataset(), sampler=METHODS[method]())
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+@pytest.mark.parametrize("method, accumulation", [("ImportanceSampler", 1),
+                                                  ("ImportanceSampler", 2),
+                                                  ("UpperBound", 1)])
+def test_checkpoint_resume_ends_where_the_uninterrupted_run_ends(method, accumulation,
+                                                                 tmp_path):
+    straight = train(method, tmp_path / "straight", accumulation)
+    assert straight.sampler.step == STEPS  # every micro-batch was reported back
+    checkpoint = sorted((tmp_path / "straight").glob("checkpoint-*"),
+                        key=lambda p: int(p.name.split("-")[1]))[0]
+    saved = torch.load(checkpoint / SAMPLER_FILE)
+    steps_saved = int(checkpoint.name.split("-")[1]) * accumulation
+    assert saved["acked"] == steps_saved - 1  # the sampler advanced with the Trainer
+    resumed = train(method, tmp_path / "resumed", accumulation, resume=str(checkpoint))
+    assert resumed.sampler.step == STEPS
+    want, got = straight.sampler.state_dict(), resumed.sampler.state_dict()
+    for state in (want, got):  # UpperBound records measured times in every mode
+        for timed in ("forward_cost", "step_cost"):
+            state["method"].pop(timed, None)
+    assert same_state(got, want)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    if method == "UpperBound":
+        assert straight.sampler.stats()["importance_steps"] >= 4  # pools were resampled
+
+
+def test_resume_from_a_checkpoint_without_sampler_state_is_refused(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[],
+                                          use_cpu=True)
+    trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=args, train_dataset=dataset(),
+                                        sampler=METHODS["ImportanceSampler"]())
+    with pytest.raises(ValueError, match="no fastis sampler state"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    with pytest.raises(TypeError, match="fastis sampler"):
+        ImportanceSamplingTrainer(model=tiny_bert(), args=args, train_dataset=dataset(),
+                                  sampler=torch.utils.data.BatchSampler(range(4), 2, False))
+
+
+def test_one_accumulated_step_applies_the_mean_gradient_of_its_micro_batches(tmp_path):
+    """With SGD and no clipping, one optimizer step over 2 accumulated micro-batches moves
+    the parameters by -lr * the gradient of mean over both micro-batches of mean(w * CE)."""
+    lr = 0.05
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, gradient_accumulation_steps=2, optim="sgd",
+        learning_rate=lr, max_grad_norm=0.0, lr_scheduler_type="constant", report_to=[],
+        use_cpu=True, save_strategy="no", disable_tqdm=True)
+    sampler = fastis.samplers.ImportanceSampler(N, BATCH, floor=0.5, seed=3)
+    trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=args, train_dataset=dataset(),
+                                        sampler=sampler)
+    trainer.train()
+    # The same two micro-batches, by hand: the Trainer fetches all micro-batches of a step
+    # before computing any loss, so both are drawn before the first update.
+    model, examples = tiny_bert(), dataset()
+    twin = fastis.samplers.ImportanceSampler(N, BATCH, floor=0.5, seed=3)
+    stream, total = iter(twin), 0.0
+    for draw in [next(stream), next(stream)]:
+        ids = torch.stack([examples[i]["input_ids"] for i in draw.index])
+        labels = torch.tensor([examples[i]["labels"] for i in draw.index])
+        logits = model(input_ids=ids).logits
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        total = total + (torch.from_numpy(draw.weight) * losses).mean() / 2
+        twin.update(draw, losses.detach())
+    total.backward()
+    for (name, trained), start in zip(trainer.model.named_parameters(), model.parameters()):
+        expected = start.detach() - lr * (start.grad if start.grad is not None else 0)
+        torch.testing.assert_close(trained.detach(), expected, rtol=1e-5, atol=1e-7,
+                                   msg=name)
