@@ -14,7 +14,12 @@ transformers = pytest.importorskip("transformers")
 from sampler_helpers import same_state  # noqa: E402
 
 import fastis  # noqa: E402
-from fastis.integrations.transformers import SAMPLER_FILE, ImportanceSamplingTrainer  # noqa: E402
+from fastis.integrations.transformers import (  # noqa: E402
+    SAMPLER_FILE,
+    ImportanceSamplingTrainer,
+    causal_lm_loss,
+    classification_loss,
+)
 
 N, BATCH, STEPS, CUT = 64, 8, 12, 5  # 8 steps per epoch: the cut is inside epoch 0
 
@@ -42,31 +47,54 @@ def tiny_bert():
     return transformers.BertForSequenceClassification(config)
 
 
-def train(method: str, output_dir, accumulation: int, resume=None):
+def text_dataset() -> list[dict]:
+    """Token sequences for a causal LM; the last tokens of every third one are not scored."""
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 40, (N, 8), generator=generator)
+    labels = tokens.clone()
+    labels[::3, 5:] = -100
+    return [{"input_ids": t, "labels": y} for t, y in zip(tokens, labels)]
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1,
+                                     n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                                     attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+TASKS = {"classification": (tiny_bert, dataset, classification_loss),
+         "causal-lm": (tiny_gpt2, text_dataset, causal_lm_loss)}
+
+
+def train(method: str, output_dir, accumulation: int, resume=None, task="classification"):
+    model, data, loss_fn = TASKS[task]
     args = transformers.TrainingArguments(
         output_dir=str(output_dir), max_steps=STEPS // accumulation, save_strategy="steps",
         save_steps=CUT // accumulation + (CUT % accumulation > 0), learning_rate=0.05,
         gradient_accumulation_steps=accumulation, report_to=[], use_cpu=True, seed=0,
         logging_steps=1000, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=args,
-                                        train_dataset=dataset(), sampler=METHODS[method]())
+    trainer = ImportanceSamplingTrainer(model=model(), args=args, train_dataset=data(),
+                                        sampler=METHODS[method](), loss_fn=loss_fn)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
 
-@pytest.mark.parametrize("method, accumulation", [("ImportanceSampler", 1),
-                                                  ("ImportanceSampler", 2),
-                                                  ("UpperBound", 1)])
-def test_checkpoint_resume_ends_where_the_uninterrupted_run_ends(method, accumulation,
+@pytest.mark.parametrize("method, accumulation, task", [
+    ("ImportanceSampler", 1, "classification"), ("ImportanceSampler", 2, "classification"),
+    ("UpperBound", 1, "classification"), ("ImportanceSampler", 1, "causal-lm")])
+def test_checkpoint_resume_ends_where_the_uninterrupted_run_ends(method, accumulation, task,
                                                                  tmp_path):
-    straight = train(method, tmp_path / "straight", accumulation)
+    straight = train(method, tmp_path / "straight", accumulation, task=task)
     assert straight.sampler.step == STEPS  # every micro-batch was reported back
     checkpoint = sorted((tmp_path / "straight").glob("checkpoint-*"),
                         key=lambda p: int(p.name.split("-")[1]))[0]
     saved = torch.load(checkpoint / SAMPLER_FILE)
     steps_saved = int(checkpoint.name.split("-")[1]) * accumulation
     assert saved["acked"] == steps_saved - 1  # the sampler advanced with the Trainer
-    resumed = train(method, tmp_path / "resumed", accumulation, resume=str(checkpoint))
+    resumed = train(method, tmp_path / "resumed", accumulation, resume=str(checkpoint),
+                    task=task)
     assert resumed.sampler.step == STEPS
     want, got = straight.sampler.state_dict(), resumed.sampler.state_dict()
     for state in (want, got):  # UpperBound records measured times in every mode
@@ -121,3 +149,29 @@ def test_one_accumulated_step_applies_the_mean_gradient_of_its_micro_batches(tmp
         expected = start.detach() - lr * (start.grad if start.grad is not None else 0)
         torch.testing.assert_close(trained.detach(), expected, rtol=1e-5, atol=1e-7,
                                    msg=name)
+
+
+def test_causal_lm_loss_matches_the_models_own_loss_per_sequence():
+    """Against transformers' own loss of each sequence alone (its shift and -100 masking),
+    and the gradient-norm score against a float64 softmax reference."""
+    model, data = tiny_gpt2(), text_dataset()[:7]
+    ids = torch.stack([d["input_ids"] for d in data])
+    labels = torch.stack([d["labels"] for d in data])
+    weight = torch.linspace(0.5, 2.0, len(data))
+    outputs = model(input_ids=ids)
+    losses, scores = causal_lm_loss(outputs, labels, weight)
+    own = torch.stack([model(input_ids=ids[i:i + 1], labels=labels[i:i + 1]).loss
+                       for i in range(len(data))])
+    torch.testing.assert_close(scores.loss, own.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses, weight * own, rtol=1e-5, atol=1e-6)
+    logits = outputs.logits.detach().double()[:, :-1]
+    targets = labels[:, 1:]
+    counted = targets != -100
+    residual = logits.softmax(-1)
+    residual.scatter_add_(-1, targets.clamp(min=0)[..., None],
+                          -torch.ones_like(residual[..., :1]))
+    squares = (residual.square().sum(-1) * counted).sum(1)
+    torch.testing.assert_close(scores.grad_norm.double(), squares.sqrt(), rtol=1e-5, atol=1e-6)
+    losses.sum().backward()  # differentiable
+    with pytest.raises(ValueError, match="logits \\[b, T, V\\]"):
+        causal_lm_loss(outputs, labels[:, :3], weight)

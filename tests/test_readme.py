@@ -153,3 +153,45 @@ def test_readme_ddp_example_runs_on_two_processes(kind, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     state = torch.load(tmp_path / "ddp.pt")["sampler"]
     assert state["kind"] == kind and state["acked"] == 2 * 4 - 1
+
+
+def readme_block(marker: str) -> str:
+    return re.search(r"```python\n(.*?)```", README.split(marker, 1)[1], re.S).group(1)
+
+
+def test_readme_lightning_example_trains_and_updates_the_sampler(tmp_path, monkeypatch):
+    pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)  # Lightning writes its logs and checkpoints here
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (512,), generator=generator)
+    images = torch.randn(512, 1, 8, 8, generator=generator) + labels.view(-1, 1, 1, 1) / 5
+    namespace = {"train_set": TensorDataset(images, labels), "epochs": 2,
+                 "model": nn.Sequential(nn.Flatten(), nn.Linear(64, 10))}
+    exec(readme_block("<!-- lightning-example -->"), namespace)
+    assert namespace["sampler"].step == 2 * 4  # every batch of both epochs reported back
+    assert namespace["sampler"].stats()["max_weight"] != 1.0  # scores reached the sampler
+
+
+def test_readme_transformers_example_trains_checkpoints_and_resumes(tmp_path):
+    pytest.importorskip("accelerate")
+    transformers = pytest.importorskip("transformers")
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (96,), generator=generator)
+    tokens = torch.randint(3, 40, (96, 8), generator=generator)
+    tokens[:, 0] = labels
+
+    def model():
+        torch.manual_seed(0)
+        return transformers.BertForSequenceClassification(transformers.BertConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=16, num_labels=3))
+
+    namespace = {"train_set": [{"input_ids": t, "labels": int(y)} for t, y in zip(tokens, labels)],
+                 "model": model(), "output_dir": str(tmp_path), "max_steps": 4,
+                 "save_steps": 3}
+    code = readme_block("<!-- transformers-example -->")
+    exec(code, namespace)
+    assert namespace["sampler"].step == 4
+    resumed = {**namespace, "model": model(), "max_steps": 5}
+    exec(code.replace("trainer.train()", "trainer.train(resume_from_checkpoint=True)"), resumed)
+    assert resumed["sampler"].step == 5  # the last checkpoint's stream, to step 5

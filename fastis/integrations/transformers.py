@@ -19,8 +19,9 @@ What it changes in Trainer:
     trained batch, so the Trainer must not skip batches itself: `args.ignore_data_skip` is
     set to True.
 The per-example loss is the cross-entropy of `outputs.logits` [b, C] against `labels` [b]
-(sequence classification); for other heads pass `loss_fn(outputs, labels, weight) -> (loss
-[b], scores)` (e.g. fastis.ops.cross_entropy_with_scores on the right logits). Under DDP,
+(sequence classification, `classification_loss`); pass `loss_fn=causal_lm_loss` for causal
+language models (the mean next-token loss of each sequence), or any `loss_fn(outputs,
+labels, weight) -> (w * loss [b], scores)`. Under DDP,
 wrap the sampler in fastis.distributed.Sharded: the Trainer keeps accelerate from
 re-sharding its batches.
 """
@@ -39,7 +40,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from fastis.data import Batch, Draw, Indexed
 from fastis.distributed import Sharded
-from fastis.ops import Scores, cross_entropy_with_scores
+from fastis.ops import Scores, cross_entropy_with_scores, sequence_scores
 from fastis.samplers._base import BatchSampler
 from fastis.samplers._pool import PoolSampler, take_rows
 
@@ -58,6 +59,29 @@ def classification_loss(outputs: Any, labels: torch.Tensor,
         raise ValueError(f"the default loss_fn takes logits [b, C] and labels [b], got "
                          f"{list(logits.shape)} and {list(labels.shape)}: pass a loss_fn")
     return cross_entropy_with_scores(logits, labels, weight=weight.to(logits.device))
+
+
+def causal_lm_loss(outputs: Any, labels: torch.Tensor,
+                   weight: torch.Tensor) -> tuple[torch.Tensor, Scores]:
+    """w * the mean next-token cross-entropy of each sequence, as transformers' causal LMs
+    define it (logits [b, T, V] at position t predict labels[:, t + 1]; label -100 is not
+    scored), and the per-sequence scores of the same pass (fastis.ops.sequence_scores:
+    mean loss, root of the summed squared token gradient norms)."""
+    logits = outputs.logits
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"causal_lm_loss takes logits [b, T, V] and labels [b, T], got "
+                         f"{list(logits.shape)} and {list(labels.shape)}")
+    batch, length = labels.shape
+    logits = logits[:, :-1].reshape(batch * (length - 1), -1)
+    targets = labels[:, 1:].reshape(-1).to(logits.device)
+    token_weight = weight.to(logits.device).repeat_interleave(length - 1)
+    token_losses, token_scores = cross_entropy_with_scores(logits, targets,
+                                                           weight=token_weight)
+    counted = (targets != -100).view(batch, length - 1).sum(dim=1).clamp(min=1)
+    losses = token_losses.view(batch, length - 1).sum(dim=1) / counted
+    scores = sequence_scores(Scores(*(f.view(batch, length - 1) for f in token_scores)),
+                             targets.view(batch, length - 1))
+    return losses, scores
 
 
 class ImportanceSamplingMixin:
