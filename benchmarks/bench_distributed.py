@@ -3,7 +3,9 @@
 Two processes each draw their shard of a global batch and call update(), which all-gathers
 (position, index, score) and applies the whole batch; in the same run the script times the
 wrapped sampler alone (one process, whole batch) and the bare all_gather of the same
-payload, and prints the ratios.
+payload, and prints the ratios. The same for a pool method (exact BiasedLoss, a pool of
+4 x the batch every step): select() gathers the pool's scores, update() the picks' (two
+collectives per step).
 
     python benchmarks/bench_distributed.py             # n = 1e6, global batch 256
 """
@@ -25,18 +27,30 @@ import torch
 import torch.distributed as dist
 
 from fastis.distributed import Sharded
-from fastis.samplers import ImportanceSampler
+from fastis.samplers import BiasedLoss, ImportanceSampler
+from fastis.samplers._pool import PoolSampler
+
+SAMPLERS = {
+    "ImportanceSampler": lambda n, batch: ImportanceSampler(n, batch, seed=0,
+                                                            steps_per_epoch=10**6),
+    "BiasedLoss exact, pool 4b": lambda n, batch: BiasedLoss(
+        n, batch, pool_size=4 * batch, seed=0, steps_per_epoch=10**6),
+}
 
 
 def step_times(sampler, steps: int) -> list[float]:
-    """Seconds per (draw + update) step, after 50 warm-up steps."""
+    """Seconds per (draw [+ select] + update) step, after 50 warm-up steps."""
+    pools = isinstance(getattr(sampler, "sampler", sampler), PoolSampler)
     iterator = iter(sampler)
     rng = np.random.default_rng(0)
     times = []
     for i in range(steps + 50):
         start = time.perf_counter()
         draw = next(iterator)
-        sampler.update(draw, rng.random(len(draw.index)))
+        trained = len(draw.index)
+        if pools:
+            trained = len(sampler.select(draw, rng.random(len(draw.index))).rows)
+        sampler.update(draw, rng.random(trained))
         if i >= 50:
             times.append(time.perf_counter() - start)
     return times
@@ -45,9 +59,9 @@ def step_times(sampler, steps: int) -> list[float]:
 def worker(rank: int, world: int, init: str, out: str, n: int, batch: int, steps: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
-    sharded = step_times(Sharded(ImportanceSampler(n, batch, seed=0, steps_per_epoch=10**6)),
-                         steps)
-    payload = torch.zeros(-(-batch // world), 4, dtype=torch.float64)
+    sharded = {name: step_times(Sharded(make(n, batch)), steps)
+               for name, make in SAMPLERS.items()}
+    payload = torch.zeros(-(-batch // world), 5, dtype=torch.float64)
     parts = [torch.empty_like(payload) for _ in range(world)]
     gather = []
     for i in range(steps + 50):
@@ -69,8 +83,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv[1:])
     env = benchlib.environment(argv)
     torch.set_num_threads(1)
-    alone = statistics.median(step_times(
-        ImportanceSampler(args.n, args.batch, seed=0, steps_per_epoch=10**6), args.steps))
+    alone = {name: statistics.median(step_times(make(args.n, args.batch), args.steps))
+             for name, make in SAMPLERS.items()}
     with tempfile.TemporaryDirectory() as tmp:
         context = multiprocessing.get_context("fork")
         procs = [context.Process(target=worker, args=(r, 2, f"{tmp}/init", tmp, args.n,
@@ -80,14 +94,18 @@ def main(argv: list[str]) -> int:
         for p in procs:
             p.join()
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(2)]
-    sharded = statistics.median(ranks[0]["sharded"] + ranks[1]["sharded"])
+    sharded = {name: statistics.median(ranks[0]["sharded"][name] + ranks[1]["sharded"][name])
+               for name in SAMPLERS}
     gather = statistics.median(ranks[0]["all_gather"] + ranks[1]["all_gather"])
-    rows = [["ImportanceSampler, 1 process, whole batch", f"{1e3 * alone:.3f}", "1.00x"],
-            ["Sharded(ImportanceSampler), world size 2 (per rank)", f"{1e3 * sharded:.3f}",
-             f"{sharded / alone:.2f}x"],
-            ["bare all_gather of the same payload (gloo)", f"{1e3 * gather:.3f}",
-             f"{gather / alone:.2f}x"]]
-    headers = ["step (draw + update)", "ms (median)", "vs 1 process"]
+    rows = []
+    for name in SAMPLERS:
+        base = alone[name]
+        rows += [[f"{name}, 1 process, whole batch", f"{1e3 * base:.3f}", "1.00x"],
+                 [f"Sharded({name}), world size 2 (per rank)", f"{1e3 * sharded[name]:.3f}",
+                  f"{sharded[name] / base:.2f}x"]]
+    rows.append(["bare all_gather of the ImportanceSampler payload (gloo)",
+                 f"{1e3 * gather:.3f}", f"{gather / alone['ImportanceSampler']:.2f}x"])
+    headers = ["step (draw [+ select] + update)", "ms (median)", "vs 1 process"]
     print(benchlib.render_text(headers, rows))
     md_path, json_path = benchlib.output_paths(args.out, "bench_distributed")
     md = ["# fastis distributed collective benchmark", ""]
