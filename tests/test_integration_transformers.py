@@ -5,6 +5,8 @@ uninterrupted run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -175,3 +177,62 @@ def test_causal_lm_loss_matches_the_models_own_loss_per_sequence():
     losses.sum().backward()  # differentiable
     with pytest.raises(ValueError, match="logits \\[b, T, V\\]"):
         causal_lm_loss(outputs, labels[:, :3], weight)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import json
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world))
+    args = transformers.TrainingArguments(
+        output_dir=out, max_steps=6, save_strategy="no", learning_rate=0.05, report_to=[],
+        use_cpu=True, seed=0, disable_tqdm=True, ddp_backend="gloo")
+    sampler = fastis.distributed.Sharded(METHODS["ImportanceSampler"]())
+    trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=args, train_dataset=dataset(),
+                                        sampler=sampler)
+    batches, compute_loss = [], trainer.compute_loss
+
+    def recording_compute_loss(model, inputs, **kwargs):
+        batches.append(inputs["fastis_index"].tolist())
+        return compute_loss(model, inputs, **kwargs)
+
+    trainer.compute_loss = recording_compute_loss
+    trainer.train()
+    state = sampler.state_dict()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({
+        "first": batches[0], "step": sampler.step,
+        "weights": state["method"]["tree"]["weights"].tolist(),
+        "parameters": [p.detach().flatten().tolist() for p in trainer.model.parameters()]}))
+
+
+def test_two_processes_train_on_shards_of_one_global_stream(tmp_path):
+    """Under DDP (2 gloo processes, as torchrun would start them) with a Sharded sampler:
+    each rank's first batch is its shard (positions r::2) of the global first batch, both
+    ranks end with the same parameters and the same sampler state, after every step."""
+    import json
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")  # fork would inherit OpenMP's threads
+    procs = [context.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(180)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            p.kill()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    whole = next(iter(METHODS["ImportanceSampler"]())).index.tolist()
+    assert ranks[0]["first"] == whole[0::2] and ranks[1]["first"] == whole[1::2]
+    assert ranks[0]["step"] == ranks[1]["step"] == 6
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[0]["parameters"] == ranks[1]["parameters"]
