@@ -82,6 +82,9 @@ class Sharded:
         if self.world_size > sampler.batch_size:
             raise ValueError(f"world size {self.world_size} exceeds the global batch size "
                              f"{sampler.batch_size}: some ranks would get empty shards")
+        if isinstance(sampler, PoolSampler) and self.world_size > sampler.pool_size:
+            raise ValueError(f"world size {self.world_size} exceeds the pool size "
+                             f"{sampler.pool_size}: some ranks would get empty pool shards")
         self.sampler, self.group = sampler, group
         self._collective = initialised and self.world_size > 1
         self._local_picks: dict[int, _LocalPick] = {}  # select() results not yet updated

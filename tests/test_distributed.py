@@ -249,6 +249,8 @@ def test_single_process_and_refusals():
         sharded.select(next(iter(sharded)), np.ones(BATCH))
     with pytest.raises(ValueError, match="exceeds the global batch"):
         Sharded(ImportanceSampler(N, 2), rank=0, world_size=3)
+    with pytest.raises(ValueError, match="exceeds the pool size"):
+        Sharded(BiasedLoss(N, 4, pool_size=2), rank=0, world_size=3)
     with pytest.raises(ValueError, match="outside"):
         Sharded(ImportanceSampler(N, BATCH), rank=3, world_size=3)
     with pytest.raises(TypeError, match="fastis sampler"):
