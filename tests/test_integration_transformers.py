@@ -179,7 +179,7 @@ def test_causal_lm_loss_matches_the_models_own_loss_per_sequence():
         causal_lm_loss(outputs, labels[:, :3], weight)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out: str, method: str) -> None:
     import json
     import os
 
@@ -187,9 +187,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world))
     args = transformers.TrainingArguments(
-        output_dir=out, max_steps=6, save_strategy="no", learning_rate=0.05, report_to=[],
+        output_dir=out, max_steps=12, save_strategy="no", learning_rate=0.05, report_to=[],
         use_cpu=True, seed=0, disable_tqdm=True, ddp_backend="gloo")
-    sampler = fastis.distributed.Sharded(METHODS["ImportanceSampler"]())
+    sampler = fastis.distributed.Sharded(METHODS[method]())
     trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=args, train_dataset=dataset(),
                                         sampler=sampler)
     batches, compute_loss = [], trainer.compute_loss
@@ -203,14 +203,21 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     state = sampler.state_dict()
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "first": batches[0], "step": sampler.step,
-        "weights": state["method"]["tree"]["weights"].tolist(),
+        "state": {k: v.tolist() if isinstance(v, torch.Tensor) else v
+                  for k, v in state["method"].items() if k not in ("forward_cost", "step_cost")
+                  and not isinstance(v, dict)},
+        "tree": state["method"]["tree"]["weights"].tolist() if "tree" in state["method"]
+        else None,
         "parameters": [p.detach().flatten().tolist() for p in trainer.model.parameters()]}))
 
 
-def test_two_processes_train_on_shards_of_one_global_stream(tmp_path):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_processes_train_on_shards_of_one_global_stream(method, tmp_path):
     """Under DDP (2 gloo processes, as torchrun would start them) with a Sharded sampler:
-    each rank's first batch is its shard (positions r::2) of the global first batch, both
-    ranks end with the same parameters and the same sampler state, after every step."""
+    each rank's first batch is its shard (positions r::2) of the global first batch, and
+    both ranks end with the same parameters and the same sampler state. UpperBound's pools
+    are scored and resampled across the ranks (a BERT has buffers: DDP's own forward would
+    broadcast them, so the pool is scored through the unwrapped model)."""
     import json
     import multiprocessing
     import socket
@@ -219,7 +226,7 @@ def test_two_processes_train_on_shards_of_one_global_stream(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     context = multiprocessing.get_context("spawn")  # fork would inherit OpenMP's threads
-    procs = [context.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path)))
+    procs = [context.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path), method))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -231,8 +238,10 @@ def test_two_processes_train_on_shards_of_one_global_stream(tmp_path):
         for p in procs:
             p.kill()
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    whole = next(iter(METHODS["ImportanceSampler"]())).index.tolist()
+    whole = next(iter(METHODS[method]())).index.tolist()
     assert ranks[0]["first"] == whole[0::2] and ranks[1]["first"] == whole[1::2]
-    assert ranks[0]["step"] == ranks[1]["step"] == 6
-    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[0]["step"] == ranks[1]["step"] == 12
+    assert ranks[0]["state"] == ranks[1]["state"] and ranks[0]["tree"] == ranks[1]["tree"]
     assert ranks[0]["parameters"] == ranks[1]["parameters"]
+    if method == "UpperBound":
+        assert ranks[0]["state"]["importance_steps"] >= 2  # pools happened

@@ -152,11 +152,14 @@ class ImportanceSamplingMixin:
 
     def _pool_scores(self, model: torch.nn.Module, inputs: dict[str, Any],
                      rows: torch.Tensor) -> Any:
-        """The scores of pool rows `rows` (select() calls this under torch.no_grad())."""
+        """The scores of pool rows `rows` (select() calls this under torch.no_grad()). The
+        forward runs on the unwrapped model: DDP's own forward may run collectives (buffer
+        broadcasts), and under Sharded the ranks score different numbers of rows."""
         chunk = take_rows(inputs, rows)
         labels = chunk.pop("labels")
         with torch.no_grad():
-            _, scores = self.loss_fn(model(**chunk), labels, torch.ones(len(rows)))
+            outputs = self.accelerator.unwrap_model(model)(**chunk)
+            _, scores = self.loss_fn(outputs, labels, torch.ones(len(rows)))
         return scores
 
     # ------------------------------------------------------------------ checkpoints
