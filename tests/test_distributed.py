@@ -142,8 +142,10 @@ def launch(world: int, tmp: Path, kind: str, steps: int, *, resume: Path | None 
            save_after: int | None = None, save_to: Path | None = None) -> list[dict]:
     out = tmp / f"w{world}-{len(list(tmp.iterdir()))}"
     out.mkdir()
-    # spawn, not fork: a child forked after this process ran torch's OpenMP pool hangs.
-    context = multiprocessing.get_context("spawn")
+    # Not fork: a child forked after this process ran torch's OpenMP pool hangs. The fork
+    # server imports torch and this module once, before any torch op, and forks from there.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch.distributed", "fastis", __name__])
     procs = [context.Process(target=_worker, args=(
         r, world, str(out / "init"), str(out), kind, steps,
         str(resume) if resume else None, save_after, str(save_to) if save_to else None))
