@@ -7,7 +7,6 @@ continuing the stream."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from process_helpers import run_ranks
 from sampler_helpers import same_state
 
 from fastis.data import Draw
@@ -142,23 +142,8 @@ def launch(world: int, tmp: Path, kind: str, steps: int, *, resume: Path | None 
            save_after: int | None = None, save_to: Path | None = None) -> list[dict]:
     out = tmp / f"w{world}-{len(list(tmp.iterdir()))}"
     out.mkdir()
-    # Not fork: a child forked after this process ran torch's OpenMP pool hangs. The fork
-    # server imports torch and this module once, before any torch op, and forks from there.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torch.distributed", "fastis", __name__])
-    procs = [context.Process(target=_worker, args=(
-        r, world, str(out / "init"), str(out), kind, steps,
-        str(resume) if resume else None, save_after, str(save_to) if save_to else None))
-        for r in range(world)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0, f"rank exited with {p.exitcode}"
-    finally:
-        for p in procs:
-            p.kill()
+    run_ranks(_worker, world, str(out / "init"), str(out), kind, steps,
+              str(resume) if resume else None, save_after, str(save_to) if save_to else None)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 

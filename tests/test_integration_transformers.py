@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
 
+from process_helpers import free_port, run_ranks  # noqa: E402
 from sampler_helpers import same_state  # noqa: E402
 
 import fastis  # noqa: E402
@@ -219,24 +220,8 @@ def test_two_processes_train_on_shards_of_one_global_stream(method, tmp_path):
     are scored and resampled across the ranks (a BERT has buffers: DDP's own forward would
     broadcast them, so the pool is scored through the unwrapped model)."""
     import json
-    import multiprocessing
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    context = multiprocessing.get_context("spawn")  # fork would inherit OpenMP's threads
-    procs = [context.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path), method))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(180)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            p.kill()
+    run_ranks(_ddp_worker, 2, free_port(), str(tmp_path), method)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     whole = next(iter(METHODS[method]())).index.tolist()
     assert ranks[0]["first"] == whole[0::2] and ranks[1]["first"] == whole[1::2]

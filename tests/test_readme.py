@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import free_port, run_ranks
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -128,26 +129,7 @@ def ddp_variants() -> dict[str, str]:
 
 @pytest.mark.parametrize("kind", ["ImportanceSampler", "BiasedLoss"])
 def test_readme_ddp_example_runs_on_two_processes(kind, tmp_path):
-    import multiprocessing
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # spawn, not fork: a child forked after this process ran torch's OpenMP pool hangs.
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_ddp_worker,
-                             args=(r, 2, port, ddp_variants()[kind], str(tmp_path)))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            p.kill()
+    run_ranks(_ddp_worker, 2, free_port(), ddp_variants()[kind], str(tmp_path))
     # DDP kept the replicas equal, and rank 0 saved the global sampler state.
     first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -1,0 +1,36 @@
+"""Starting the ranks of a multi-process test (torch.distributed on gloo)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from collections.abc import Callable
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for MASTER_PORT)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_ranks(target: Callable[..., None], world: int, *args: Any,
+              timeout: float = 180.0) -> None:
+    """Runs target(rank, world, *args) in `world` processes and checks each exits with 0.
+
+    Not fork: a child forked after this process ran torch's OpenMP pool hangs. The fork
+    server imports torch and the target's module once, before any torch op, and forks the
+    ranks from there (much faster than spawning each)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch.distributed", "fastis", target.__module__])
+    procs = [context.Process(target=target, args=(rank, world, *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout)
+            assert p.exitcode == 0, f"a rank exited with {p.exitcode}"
+    finally:
+        for p in procs:
+            p.kill()
