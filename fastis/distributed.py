@@ -133,10 +133,8 @@ class Sharded:
             return self._local_picks[step].pick
         if self._is_pool_step(step):
             local = self._select_pool(index, step, scores)
-        else:
-            weight = torch.as_tensor(np.asarray(batch.weight, np.float32)).reshape(-1)
-            local = _LocalPick(Pick(torch.arange(len(index)), torch.from_numpy(index.copy()),
-                                    weight), np.arange(len(index)))
+        else:  # the shard as it is, with its own weights
+            local = _LocalPick(self.sampler.select(batch, scores), np.arange(len(index)))
         self._local_picks[step] = local
         self._selected_at[step] = time.perf_counter()
         return local.pick
