@@ -49,11 +49,12 @@ struct UnitScale {
 void classify(const double* w, uint64_t begin, uint64_t end, UnitScale units,
               uint64_t* heavy_words, uint64_t* deficit, Mass* surplus);
 
-// Lists the lights among items [begin, end) in index order: their indices, units and
-// deficits 1 - u in fixed point, into arrays with room for end - begin entries. Returns
-// how many there are.
+// Lists the lights among items [begin, end) in index order: their indices, their units u
+// as the raw bits of a table entry's keep-probability (float32 bits, zero-extended, if
+// narrow; else float64 bits) and their deficits 1 - u in fixed point, into arrays with room
+// for end - begin entries. Returns how many there are.
 size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
-                   uint64_t* idx, double* unit, uint64_t* deficit);
+                   bool narrow, uint64_t* idx, uint64_t* keep_bits, uint64_t* deficit);
 
 // Lists the heavies among items [begin, end) in index order: their indices and surpluses
 // u - 1 in fixed point, into arrays with room for end - begin entries; a surplus of

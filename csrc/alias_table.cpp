@@ -23,23 +23,26 @@ constexpr uint64_t kMinDrawsPerThread = 1024;
 // Items scanned at a time for the heavies a block of lights may close.
 constexpr uint64_t kHeavyWindow = 128;
 
-// An entry's keep-probability as raw bits (uint32 for float, uint64 for double), so that
-// the build's merge can select and store entries with integer operations only.
+// The raw bits of a keep-probability: float32 bits (zero-extended) for 8-byte entries,
+// float64 bits for 16-byte ones, so that the build stores entries with integer operations.
 template <class Entry>
-using KeepBits = std::conditional_t<sizeof(Entry::keep) == 4, uint32_t, uint64_t>;
-
-template <class Entry>
-KeepBits<Entry> keep_bits(double keep) {
+uint64_t keep_bits(double keep) {
   const auto narrowed = static_cast<decltype(Entry::keep)>(keep);
-  KeepBits<Entry> bits;
-  std::memcpy(&bits, &narrowed, sizeof bits);
-  return bits;
+  if constexpr (sizeof(narrowed) == 4) {
+    uint32_t bits;
+    std::memcpy(&bits, &narrowed, sizeof bits);
+    return bits;
+  } else {
+    uint64_t bits;
+    std::memcpy(&bits, &narrowed, sizeof bits);
+    return bits;
+  }
 }
 
 template <class Entry>
-void store_entry(Entry* at, KeepBits<Entry> keep, uint64_t alias) {
+void store_entry(Entry* at, uint64_t keep, uint64_t alias) {
   if constexpr (sizeof(Entry) == 8) {  // {float keep, uint32 alias}: one 8-byte store
-    const uint64_t packed = static_cast<uint64_t>(keep) | (alias << 32);
+    const uint64_t packed = keep | (alias << 32);
     std::memcpy(at, &packed, sizeof packed);
   } else {
     std::memcpy(&at->keep, &keep, sizeof keep);
@@ -53,7 +56,7 @@ template <class T>
 AliasTable::AliasTable(const T* w, uint64_t n, bool wide) : n_(n) {
   if (n == 0) throw std::invalid_argument("an AliasTable needs at least one example (n = 0)");
   weights_ = LargeBuffer<double>(n);
-  const double total = ingest(w, n, weights_.data());
+  const double total = ingest_streaming(w, n, weights_.data());
   if (!(total > 0.0)) {
     throw std::invalid_argument("cannot build an AliasTable: all weights are zero (total = 0)");
   }
@@ -152,99 +155,125 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
   // deficits of at most 2^52), heavies' are clamped into int64 (only the last listed heavy
   // can lie beyond the block's lights, and it is never closed in the block).
   auto walk = [&](uint64_t block_begin, uint64_t block_end) {
+    // Local copies, so that the compiler keeps them in registers across the entry stores
+    // (which may alias anything).
+    Entry* const out = t;
+    const uint64_t n = n_;
     uint64_t cur = kNone;  // the heavy serving the previous light, and B through it
     Mass b_cur = 0;
     std::vector<uint64_t> light_idx(alias::kBlock), light_deficit(alias::kBlock);
-    std::vector<double> light_unit(alias::kBlock);
-    std::vector<KeepBits<Entry>> light_keep(alias::kBlock);
+    std::vector<uint64_t> light_keep(alias::kBlock);
     std::vector<int64_t> light_thr(alias::kBlock);
-    // Heavies listed for a block (grown as needed), one spare for the one past the end.
-    std::vector<uint64_t> heavy_idx(alias::kBlock);
-    std::vector<int64_t> heavy_rel(alias::kBlock);
-    std::vector<Mass> heavy_b(alias::kBlock);
+    // Heavies listed for a block: room for a window more than the cursor plus kBlock, and
+    // grown as needed; one spare for the one past the end.
+    std::vector<uint64_t> heavy_idx(alias::kBlock + kHeavyWindow + 2);
+    std::vector<int64_t> heavy_rel(heavy_idx.size());
     // The merge's event order: the heavy serving each light (a block has at most kBlock
     // lights) and the light closing each heavy (grown with the heavy list).
-    std::vector<size_t> rank(alias::kBlock), closer(alias::kBlock);
-    uint64_t window_idx[kHeavyWindow], window_surplus[kHeavyWindow];
+    std::vector<size_t> rank(alias::kBlock), closer(heavy_idx.size());
+    uint64_t window_surplus[kHeavyWindow];
     for (uint64_t block = block_begin; block < block_end; ++block) {
       const uint64_t first = block * alias::kBlock;
-      const uint64_t stop = std::min(n_, first + alias::kBlock);
+      const uint64_t stop = std::min(n, first + alias::kBlock);
       const Mass r = classes.deficit_before(block);
       // The block's lights in order, with their thresholds relative to r.
-      const size_t lights = alias::list_lights(w, first, stop, unit_scale, light_idx.data(),
-                                               light_unit.data(), light_deficit.data());
+      uint64_t* const li_idx = light_idx.data();
+      uint64_t* const li_keep = light_keep.data();
+      int64_t* const li_thr = light_thr.data();
+      const size_t lights =
+          alias::list_lights(w, first, stop, unit_scale, sizeof(Keep) == 4, li_idx, li_keep,
+                             light_deficit.data());
       int64_t a = 0;
       for (size_t l = 0; l < lights; ++l) {
-        light_thr[l] = a;
+        li_thr[l] = a;
         a += static_cast<int64_t>(light_deficit[l]);
       }
-      for (size_t l = 0; l < lights; ++l) light_keep[l] = keep_bits<Entry>(light_unit[l]);
       if (lights == 0) continue;
       if (cur == kNone) {  // the piece's first lights: find the cursor by search
-        const uint64_t before = classes.previous(light_idx[0], false);
+        const uint64_t before = classes.previous(li_idx[0], false);
         const Mass reach = before == kNone ? Mass{0} : r - deficit(before);
         std::tie(cur, b_cur) = classes.first_heavy_reaching(reach, surplus);
         if (cur == kNone) {  // no heavy reaches: every light is left over
-          for (size_t l = 0; l < lights; ++l) t[light_idx[l]] = leftover(light_idx[l]);
+          for (size_t l = 0; l < lights; ++l) out[li_idx[l]] = leftover(li_idx[l]);
           continue;
         }
       }
-      // The heavies from the cursor on, until one reaches past the block's last threshold.
-      // They are listed a window of items at a time. B - r >= -2^52 (the cursor reached
-      // the threshold before the block's first light), and the clamp of the relative
-      // value stays above every threshold of the block (< 2^62).
+      // The heavies from the cursor on, until one reaches past the block's last threshold,
+      // listed a window of items at a time. Their running surpluses are kept as
+      // top = min(B - r + 1, kClamp) in units: B - r >= -2^52 (the cursor reached the
+      // threshold before the block's first light), so top >= 0; a running top below the
+      // stop a + 1 <= 2^62 + 2^52 plus one surplus (< 2^63 for u < 2^11) stays below 2^64,
+      // so uint64 arithmetic is exact; and the clamp stays above every threshold of the
+      // block. A surplus of 2^63 or more (kBigSurplus) clamps at once. The thresholds
+      // relative to r are then top - 1.
       constexpr uint64_t kClamp = (uint64_t{1} << 62) + (uint64_t{1} << 53);
-      auto relative = [r](Mass b) {
-        return static_cast<int64_t>(std::min<Mass>(b + Mass{kOneUnit} - r, kClamp)) -
-               static_cast<int64_t>(kOneUnit);
-      };
-      const Mass limit = r + static_cast<Mass>(a);
+      const uint64_t stop_top = static_cast<uint64_t>(a) + kOneUnit;
+      uint64_t top = static_cast<uint64_t>(
+          std::min<Mass>(b_cur + Mass{kOneUnit} - r, Mass{kClamp}));
       bool exhausted = false;
       size_t heavies = 1;
       heavy_idx[0] = cur;
-      heavy_b[0] = b_cur;
-      heavy_rel[0] = relative(b_cur);
-      Mass b = b_cur;
-      for (uint64_t pos = cur + 1; b < limit; pos += kHeavyWindow) {
-        if (pos >= n_) {
+      heavy_rel[0] = static_cast<int64_t>(top) - static_cast<int64_t>(kOneUnit);
+      for (uint64_t pos = cur + 1; top < stop_top; pos += kHeavyWindow) {
+        if (pos >= n) {
           exhausted = true;
           break;
         }
-        const size_t found = alias::list_heavies(w, pos, std::min(n_, pos + kHeavyWindow),
-                                                 unit_scale, window_idx, window_surplus);
-        if (heavy_idx.size() < heavies + found + 1) {
-          heavy_idx.resize(2 * (heavies + found + 1));
-          heavy_b.resize(heavy_idx.size());
+        if (heavy_idx.size() < heavies + kHeavyWindow + 2) {
+          heavy_idx.resize(2 * (heavies + kHeavyWindow + 2));
           heavy_rel.resize(heavy_idx.size());
+          closer.resize(heavy_idx.size());
         }
-        for (size_t h = 0; h < found && b < limit; ++h, ++heavies) {
-          const uint64_t k = window_idx[h];
-          b += window_surplus[h] != alias::kBigSurplus ? Mass{window_surplus[h]} : surplus(k);
-          heavy_idx[heavies] = k;
-          heavy_b[heavies] = b;
-          heavy_rel[heavies] = relative(b);
+        uint64_t* const found_idx = heavy_idx.data() + heavies;
+        int64_t* const found_rel = heavy_rel.data() + heavies;
+        const size_t found = alias::list_heavies(w, pos, std::min(n, pos + kHeavyWindow),
+                                                 unit_scale, found_idx, window_surplus);
+        // Every found heavy's running value; the list keeps those up to the first that
+        // reaches the stop (tops never decrease, so that is a count of the earlier tops
+        // still below it).
+        size_t keep = 0;
+        for (size_t h = 0; h < found; ++h) {
+          keep += top < stop_top;
+          const uint64_t s = window_surplus[h];
+          top = s == alias::kBigSurplus ? kClamp : std::min(top + s, kClamp);
+          found_rel[h] = static_cast<int64_t>(top) - static_cast<int64_t>(kOneUnit);
         }
+        heavies += keep;
+        top = static_cast<uint64_t>(heavy_rel[heavies - 1] + static_cast<int64_t>(kOneUnit));
       }
+      // B of listed heavy j: r + rel_j exactly, unless clamped (only the last listed one
+      // can be), which is then recomputed from the heavy before it.
+      auto running_surplus = [&](size_t j) {
+        const auto unclamped = [&](size_t i) {
+          return r + Mass(static_cast<uint64_t>(heavy_rel[i] + static_cast<int64_t>(kOneUnit))) -
+                 Mass{kOneUnit};
+        };
+        if (heavy_rel[j] + static_cast<int64_t>(kOneUnit) < static_cast<int64_t>(kClamp)) {
+          return unclamped(j);
+        }
+        return j == 0 ? b_cur : unclamped(j - 1) + surplus(heavy_idx[j]);
+      };
       // A heavy past the end, so that the merge may read heavy j + 1 without a check; with
       // the list exhausted it even serves lights, which the fix-up below turns into
       // leftovers.
-      heavy_idx[heavies] = last_heavy;
-      heavy_rel[heavies] = std::numeric_limits<int64_t>::max();
+      uint64_t* const hv_idx = heavy_idx.data();
+      int64_t* const hv_rel = heavy_rel.data();
+      size_t* const rk = rank.data();
+      size_t* const cl = closer.data();
+      hv_idx[heavies] = last_heavy;
+      hv_rel[heavies] = std::numeric_limits<int64_t>::max();
       // The merge, in three passes. First the order of events alone: walking lights and
       // heavies together, light i is served by heavy rank[i] and heavy j is closed at
       // light closer[j]; the loop has no branch and a short dependency chain, since light
       // and heavy thresholds interleave at random. Then the lights' entries and the closed
       // heavies' entries, two loops whose iterations are independent.
-      if (closer.size() < heavies + 1) closer.resize(heavy_idx.size());
       // Four independent stretches of the walk, interleaved to overlap their dependency
       // chains. The stretch from light i starts after the closes of every heavy below
       // thr[i] (both lists are sorted: a binary search) and ends with the closes that the
       // next stretch's first light triggers: (lights) + (closes) events in all.
       auto closed_before = [&](size_t light) {
-        return static_cast<size_t>(std::lower_bound(heavy_rel.data(),
-                                                    heavy_rel.data() + heavies,
-                                                    light_thr[light]) -
-                                   heavy_rel.data());
+        return static_cast<size_t>(std::lower_bound(hv_rel, hv_rel + heavies, li_thr[light]) -
+                                   hv_rel);
       };
       size_t i0 = 0, i1 = lights / 4, i2 = lights / 2, i3 = lights * 3 / 4;
       size_t j0 = 0, j1 = closed_before(i1), j2 = closed_before(i2), j3 = closed_before(i3);
@@ -255,10 +284,10 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
       // Both slots are written at every event; the last write to each is the one that
       // counts (rank[i] at i's serve, closer[j] at j's close), except where two stretches
       // meet, which is fixed after the walk.
-      auto event = [&](size_t& li, size_t& hj) {
-        const size_t serve = heavy_rel[hj] >= light_thr[li];
-        rank[li] = hj;
-        closer[hj] = li;
+      auto event = [hv_rel, li_thr, rk, cl](size_t& li, size_t& hj) {
+        const size_t serve = hv_rel[hj] >= li_thr[li];
+        rk[li] = hj;
+        cl[hj] = li;
         li += serve;
         hj += 1 - serve;
       };
@@ -279,35 +308,31 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
       for (const auto& [first_light, first_heavy] :
            {std::pair{lights / 4, j1_start}, std::pair{lights / 2, j2_start},
             std::pair{lights * 3 / 4, j3_start}}) {
-        rank[first_light] = first_heavy;
+        rk[first_light] = first_heavy;
         if (first_heavy < j_end) {
-          closer[first_heavy] = static_cast<size_t>(
-              std::upper_bound(light_thr.data(), light_thr.data() + lights,
-                               heavy_rel[first_heavy]) -
-              light_thr.data());
+          cl[first_heavy] = static_cast<size_t>(
+              std::upper_bound(li_thr, li_thr + lights, hv_rel[first_heavy]) - li_thr);
         }
       }
       size_t j = j_end;
-      for (size_t l = 0; l < lights; ++l) {
-        store_entry(t + light_idx[l], light_keep[l], heavy_idx[rank[l]]);
-      }
+      for (size_t l = 0; l < lights; ++l) store_entry(out + li_idx[l], li_keep[l], hv_idx[rk[l]]);
       for (size_t h = 0; h < j; ++h) {
         // Closing heavy h keeps 1 - (thr - b) of its bucket: exact, as thr - b <= 2^52.
-        const int64_t gap = light_thr[closer[h]] - heavy_rel[h];
+        const int64_t gap = li_thr[cl[h]] - hv_rel[h];
         const double kept = static_cast<double>(static_cast<int64_t>(kOneUnit) - gap) * 0x1p-52;
-        store_entry(t + heavy_idx[h], keep_bits<Entry>(kept), heavy_idx[h + 1]);
+        store_entry(out + hv_idx[h], keep_bits<Entry>(kept), hv_idx[h + 1]);
       }
       if (exhausted) {
         // Lights beyond the last heavy's reach are left over; the last heavy itself is
         // rewritten as a leftover by the final step.
-        const int64_t reach = heavy_rel[heavies - 1];
+        const int64_t reach = hv_rel[heavies - 1];
         for (size_t l = 0; l < lights; ++l) {
-          if (light_thr[l] > reach) t[light_idx[l]] = leftover(light_idx[l]);
+          if (li_thr[l] > reach) out[li_idx[l]] = leftover(li_idx[l]);
         }
         j = std::min(j, heavies - 1);
       }
-      cur = heavy_idx[j];
-      b_cur = heavy_b[j];
+      b_cur = running_surplus(j);
+      cur = hv_idx[j];
     }
   };
   const uint64_t blocks = (n_ + alias::kBlock - 1) / alias::kBlock;

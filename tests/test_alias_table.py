@@ -142,7 +142,7 @@ def test_table_equals_sequential_sweep(name, weights, threads):
                 finally:
                     _C._set_avx512(previous)
                 keep, alias = core._entries()
-                results.add((keep.tobytes(), alias.tobytes()))
+                results.add((keep.tobytes(), alias.tobytes(), core.total))
         assert len(results) == 1
         ref_keep, ref_alias = alias_sweep_reference(weights, core.total, keep_dtype)
         assert np.array_equal(alias, ref_alias)
@@ -162,3 +162,47 @@ def test_table_represents_the_weights(name, weights):
     exact = weights / math.fsum(weights)
     assert np.all(encoded[weights == 0] == 0)
     assert np.allclose(encoded, exact, rtol=2e-6, atol=4.0 / n * 6e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [7, 8, 65_543, 200_003])
+def test_weight_copy_paths_agree(dtype, n, threads):
+    # The table's copy of the weights is written with streaming stores on AVX-512 CPUs:
+    # the copy, the total and the table must equal those of the portable path, bit for bit,
+    # and the copy must be the float64 value of every input (-0.0 read as +0.0), for both
+    # input dtypes and lengths that end inside a vector and inside a 64 Ki-item chunk.
+    rng = np.random.default_rng(seed_of("copy-paths", n, np.dtype(dtype).name))
+    weights = (rng.lognormal(0.0, 2.0, n)).astype(dtype)
+    weights[rng.integers(0, n, 5)] = -0.0
+    results = set()
+    for count in (1, 2):
+        for avx512 in (True, False):
+            threads(count)
+            previous = _C._set_avx512(avx512)
+            try:
+                table = AliasTable(weights, seed=0)
+            finally:
+                _C._set_avx512(previous)
+            copied = table.weights().numpy()
+            assert copied.dtype == np.float64
+            assert np.array_equal(copied, weights.astype(np.float64))
+            assert not np.signbit(copied).any()
+            keep, alias = table._core._entries()
+            results.add((copied.tobytes(), keep.tobytes(), alias.tobytes(), table.total))
+    assert len(results) == 1
+    assert math.isclose(table.total, math.fsum(weights.astype(np.float64)), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+@pytest.mark.parametrize("position", [0, 8, 65_541])
+def test_invalid_weight_found_on_either_copy_path(bad, position):
+    # Each vector lane and the scalar tail flag an invalid weight, on both paths.
+    weights = np.ones(65_543)
+    weights[position] = bad
+    for avx512 in (True, False):
+        previous = _C._set_avx512(avx512)
+        try:
+            with pytest.raises(ValueError, match=f"weights\\[{position}\\]"):
+                AliasTable(weights, seed=0)
+        finally:
+            _C._set_avx512(previous)
