@@ -201,10 +201,10 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
       // The heavies from the cursor on, until one reaches past the block's last threshold,
       // listed a window of items at a time. Their running surpluses are kept as
       // top = min(B - r + 1, kClamp) in units: B - r >= -2^52 (the cursor reached the
-      // threshold before the block's first light), so top >= 0; a running top below the
-      // stop a + 1 <= 2^62 + 2^52 plus one surplus (< 2^63 for u < 2^11) stays below 2^64,
-      // so uint64 arithmetic is exact; and the clamp stays above every threshold of the
-      // block. A surplus of 2^63 or more (kBigSurplus) clamps at once. The thresholds
+      // threshold before the block's first light), so top >= 0; top never exceeds kClamp,
+      // so top plus one surplus (< 2^63 for u < 2^11) stays below 2^64 and uint64
+      // arithmetic is exact; and the clamp stays above every threshold of the block
+      // (< 2^62). A surplus of 2^63 or more (kBigSurplus) clamps at once. The thresholds
       // relative to r are then top - 1.
       constexpr uint64_t kClamp = (uint64_t{1} << 62) + (uint64_t{1} << 53);
       const uint64_t stop_top = static_cast<uint64_t>(a) + kOneUnit;
