@@ -1,7 +1,5 @@
 #include "alias_classes.hpp"
 
-#include <cstring>
-
 #include "parallel.hpp"
 #include "simd.hpp"
 
@@ -130,19 +128,6 @@ __attribute__((target("avx512f,avx512dq"))) void classify_avx512(
 }
 #endif
 
-// The raw bits of u as a keep-probability: float32 (zero-extended) or float64.
-inline uint64_t keep_bits(double u, bool narrow) {
-  if (narrow) {
-    const float f = static_cast<float>(u);
-    uint32_t bits;
-    std::memcpy(&bits, &f, sizeof bits);
-    return bits;
-  }
-  uint64_t bits;
-  std::memcpy(&bits, &u, sizeof bits);
-  return bits;
-}
-
 size_t list_lights_scalar(const double* w, uint64_t begin, uint64_t end, UnitScale units,
                           bool narrow, uint64_t* idx, uint64_t* keep, uint64_t* deficit) {
   size_t count = 0;
@@ -230,8 +215,8 @@ size_t list_heavies(const double* w, uint64_t begin, uint64_t end, UnitScale uni
 }
 
 size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
-                   bool narrow, uint64_t* idx, uint64_t* keep_bits, uint64_t* deficit) {
-  return FASTIS_AVX512_OR_SCALAR(list_lights, w, begin, end, units, narrow, idx, keep_bits,
+                   bool narrow, uint64_t* idx, uint64_t* keep, uint64_t* deficit) {
+  return FASTIS_AVX512_OR_SCALAR(list_lights, w, begin, end, units, narrow, idx, keep,
                                  deficit);
 }
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -38,6 +39,21 @@ inline Mass to_fixed(double u) {
   return static_cast<Mass>(static_cast<uint64_t>(std::ldexp(mantissa, 64))) << (exponent - 64);
 }
 
+// The raw bits of a keep-probability as a table entry stores it: float32 bits
+// (zero-extended) if narrow, else float64 bits, so that the build stores entries with
+// integer operations.
+inline uint64_t keep_bits(double keep, bool narrow) {
+  if (narrow) {
+    const float f = static_cast<float>(keep);
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    return bits;
+  }
+  uint64_t bits;
+  std::memcpy(&bits, &keep, sizeof bits);
+  return bits;
+}
+
 // The scale that turns a weight into units: u = ((w * pre_a) * pre_b) * scale.
 struct UnitScale {
   double pre_a, pre_b, scale;
@@ -54,7 +70,7 @@ void classify(const double* w, uint64_t begin, uint64_t end, UnitScale units,
 // narrow; else float64 bits) and their deficits 1 - u in fixed point, into arrays with room
 // for end - begin entries. Returns how many there are.
 size_t list_lights(const double* w, uint64_t begin, uint64_t end, UnitScale units,
-                   bool narrow, uint64_t* idx, uint64_t* keep_bits, uint64_t* deficit);
+                   bool narrow, uint64_t* idx, uint64_t* keep, uint64_t* deficit);
 
 // Lists the heavies among items [begin, end) in index order: their indices and surpluses
 // u - 1 in fixed point, into arrays with room for end - begin entries; a surplus of

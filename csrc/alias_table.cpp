@@ -23,22 +23,7 @@ constexpr uint64_t kMinDrawsPerThread = 1024;
 // Items scanned at a time for the heavies a block of lights may close.
 constexpr uint64_t kHeavyWindow = 128;
 
-// The raw bits of a keep-probability: float32 bits (zero-extended) for 8-byte entries,
-// float64 bits for 16-byte ones, so that the build stores entries with integer operations.
-template <class Entry>
-uint64_t keep_bits(double keep) {
-  const auto narrowed = static_cast<decltype(Entry::keep)>(keep);
-  if constexpr (sizeof(narrowed) == 4) {
-    uint32_t bits;
-    std::memcpy(&bits, &narrowed, sizeof bits);
-    return bits;
-  } else {
-    uint64_t bits;
-    std::memcpy(&bits, &narrowed, sizeof bits);
-    return bits;
-  }
-}
-
+// Stores an entry from its keep-probability's raw bits (alias::keep_bits) and its alias.
 template <class Entry>
 void store_entry(Entry* at, uint64_t keep, uint64_t alias) {
   if constexpr (sizeof(Entry) == 8) {  // {float keep, uint32 alias}: one 8-byte store
@@ -320,7 +305,7 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
         // Closing heavy h keeps 1 - (thr - b) of its bucket: exact, as thr - b <= 2^52.
         const int64_t gap = li_thr[cl[h]] - hv_rel[h];
         const double kept = static_cast<double>(static_cast<int64_t>(kOneUnit) - gap) * 0x1p-52;
-        store_entry(out + hv_idx[h], keep_bits<Entry>(kept), hv_idx[h + 1]);
+        store_entry(out + hv_idx[h], alias::keep_bits(kept, sizeof(Keep) == 4), hv_idx[h + 1]);
       }
       if (exhausted) {
         // Lights beyond the last heavy's reach are left over; the last heavy itself is
