@@ -123,11 +123,14 @@ int main(int argc, char** argv) {
       for (uint64_t i = begin; i < end; i += 512) p[i] = 1;  // one store per 4 KiB
     });
   };
+  // Its own mapped buffer: the copy above must keep the weights for the classification.
+  fastis::LargeBuffer<double> written(n);
   auto write = [&] {
     fastis::parallel_for(n, 8, 1 << 20, [&](uint64_t begin, uint64_t end) {
-      std::memset(copied.data() + begin, 0, (end - begin) * sizeof(double));
+      std::memset(written.data() + begin, 0, (end - begin) * sizeof(double));
     });
   };
+  write();  // map its pages before the timed rounds
   const std::vector<double> ms =
       interleaved_medians(repeats, {build, copy, classify, read, first_touch, write});
   const double mb = static_cast<double>(n) * 8e-6;
