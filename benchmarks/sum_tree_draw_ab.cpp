@@ -64,7 +64,8 @@ int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
   fastis::set_num_threads(threads);
   fastis_base::set_num_threads(threads);
-  // The cases: one call of 1,024 draws (n = 1e5, 1e6) and the draw rate at 1e7.
+  // The cases: one call of 1,024 draws (n = 1e5, 1e6), the draw rate and the
+  // training step at 1e7.
   for (const uint64_t n : {uint64_t{100000}, uint64_t{1000000}, uint64_t{10000000}}) {
     std::mt19937_64 gen(1);
     std::lognormal_distribution<double> lognormal(0.0, 2.0);
@@ -89,6 +90,36 @@ int main(int argc, char** argv) {
                 "same draws: %s\n",
                 static_cast<unsigned long long>(n), threads, static_cast<unsigned long long>(k),
                 b, c, c / b, base_out == changed_out ? "yes" : "NO");
+    if (n < 10000000) continue;
+    // The training step at n = 1e7: update 65,536 random weights, then draw 1,024.
+    constexpr size_t kUpdates = 65536;
+    std::vector<int64_t> idx(kUpdates);
+    std::vector<double> fresh(kUpdates);
+    base_us.clear();
+    changed_us.clear();
+    for (int round = 0; round < 15; ++round) {
+      for (size_t i = 0; i < kUpdates; ++i) {
+        idx[i] = static_cast<int64_t>(gen() % n);
+        fresh[i] = lognormal(gen);
+      }
+      base_us.push_back(mean_call_us(
+          [&] {
+            base.update(idx.data(), fresh.data(), kUpdates);
+            base.sample(1024, base_out.data(), nullptr);
+          },
+          20));
+      changed_us.push_back(mean_call_us(
+          [&] {
+            changed.update(idx.data(), fresh.data(), kUpdates);
+            changed.sample(1024, changed_out.data(), nullptr);
+          },
+          20));
+    }
+    const bool same = std::equal(base_out.begin(), base_out.begin() + 1024, changed_out.begin());
+    std::printf("n=%llu threads=%d step (update %zu, draw 1024): base %.1f us, this checkout "
+                "%.1f us, ratio %.3f, same draws: %s\n",
+                static_cast<unsigned long long>(n), threads, kUpdates, median(base_us),
+                median(changed_us), median(changed_us) / median(base_us), same ? "yes" : "NO");
   }
   return 0;
 }
