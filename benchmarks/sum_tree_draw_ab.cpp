@@ -91,29 +91,30 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(n), threads, static_cast<unsigned long long>(k),
                 b, c, c / b, base_out == changed_out ? "yes" : "NO");
     if (n < 10000000) continue;
-    // The training step at n = 1e7: update 65,536 random weights, then draw 1,024.
+    // The training step at n = 1e7: update 65,536 random weights, then draw 1,024. Each
+    // step of a round gets its own indices, as in training (repeating one batch would
+    // find its leaves in cache); both revisions see the same batches.
     constexpr size_t kUpdates = 65536;
-    std::vector<int64_t> idx(kUpdates);
-    std::vector<double> fresh(kUpdates);
+    constexpr int kSteps = 20;
+    std::vector<int64_t> idx(kUpdates * kSteps);
+    std::vector<double> fresh(kUpdates * kSteps);
     base_us.clear();
     changed_us.clear();
     for (int round = 0; round < 15; ++round) {
-      for (size_t i = 0; i < kUpdates; ++i) {
+      for (size_t i = 0; i < idx.size(); ++i) {
         idx[i] = static_cast<int64_t>(gen() % n);
         fresh[i] = lognormal(gen);
       }
-      base_us.push_back(mean_call_us(
-          [&] {
-            base.update(idx.data(), fresh.data(), kUpdates);
-            base.sample(1024, base_out.data(), nullptr);
-          },
-          20));
-      changed_us.push_back(mean_call_us(
-          [&] {
-            changed.update(idx.data(), fresh.data(), kUpdates);
-            changed.sample(1024, changed_out.data(), nullptr);
-          },
-          20));
+      const auto steps = [&](auto& tree, std::vector<int64_t>& out) {
+        return [&] {
+          for (int step = 0; step < kSteps; ++step) {
+            tree.update(idx.data() + step * kUpdates, fresh.data() + step * kUpdates, kUpdates);
+            tree.sample(1024, out.data(), nullptr);
+          }
+        };
+      };
+      base_us.push_back(mean_call_us(steps(base, base_out), 1) / kSteps);
+      changed_us.push_back(mean_call_us(steps(changed, changed_out), 1) / kSteps);
     }
     const bool same = std::equal(base_out.begin(), base_out.begin() + 1024, changed_out.begin());
     std::printf("n=%llu threads=%d step (update %zu, draw 1024): base %.1f us, this checkout "
