@@ -362,7 +362,7 @@ __attribute__((target("avx512f,avx512dq"))) inline __m512i choose_children(
 
 // Column c of eight lanes' lines (child c of each lane's node), from one 64-byte load per
 // line and an 8 x 8 transpose (24 shuffles). These are the values that eight gathers of the
-// columns return (64 loads, one per lane and column); the draws are 10-13% faster this way
+// columns return (64 loads, one per lane and column); the draws are 6-15% faster this way
 // (benchmarks/sum_tree_draw_ab.cpp).
 __attribute__((target("avx512f"))) inline void load_columns(const double* entries,
                                                             const uint64_t* lines,
