@@ -11,6 +11,7 @@ SOURCES = [
     "csrc/alias_table.cpp",
     "csrc/alias_classes.cpp",
     "csrc/parallel.cpp",
+    "csrc/recycled_memory.cpp",
     "csrc/simd.cpp",
     "csrc/row_scores.cpp",
 ]

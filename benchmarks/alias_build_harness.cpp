@@ -1,9 +1,11 @@
 // AliasTable build time without Python, and where it goes. The weights are n lognormal(0, 2)
-// values on 2 MiB pages, as numpy puts large arrays; the table and its weight copy are fresh
-// memory at every build, as in benchmarks/bench_sampler.py.
-//   - Without `profile`: the median build time, for alternating two revisions of csrc/ in
-//     one session.
-//   - With `profile`: the build next to its first two phases run alone with the library's
+// values on 2 MiB pages, as numpy puts large arrays. Two kinds of build, as in
+// benchmarks/bench_sampler.py: a rebuild, whose table and weight copy reuse the memory of
+// the table freed before it (recycled_memory.hpp), and a build into fresh memory (nothing
+// kept for reuse). Each timed step includes freeing its table.
+//   - Without `profile`: the median times of both, for alternating two revisions of csrc/
+//     in one session.
+//   - With `profile`: the fresh build next to its first two phases run alone with the library's
 //     own code (the checked copy into fresh memory, the classification) and next to what this
 //     machine's memory allows (reading the weights, first touch of 8 bytes per item, writing
 //     8 bytes per item), all interleaved round-robin. The rest of the build (the table's
@@ -13,7 +15,7 @@
 // Build and run (arguments: n threads repeats [profile]):
 //   g++ -O3 -fno-math-errno -std=c++17 -Icsrc benchmarks/alias_build_harness.cpp
 //     csrc/alias_table.cpp csrc/alias_classes.cpp csrc/parallel.cpp csrc/simd.cpp
-//     -pthread -o /tmp/alias_build
+//     csrc/recycled_memory.cpp -pthread -o /tmp/alias_build
 //   /tmp/alias_build 10000000 2 11 profile
 #include <sys/mman.h>
 
@@ -32,18 +34,27 @@
 #include "buffer.hpp"
 #include "ingest.hpp"
 #include "parallel.hpp"
+#include "recycled_memory.hpp"
 
 namespace {
 
+// A timed step, and what runs untimed right before it.
+struct Step {
+  template <class Run, class Before = void (*)()>
+  Step(Run run_step, Before before_step = [] {}) : run(run_step), before(before_step) {}
+  std::function<void()> run;
+  std::function<void()> before;
+};
+
 // Runs the timed steps round-robin `repeats` times, so that all of them see the same drift
 // of this VM's speed, and returns each one's median in milliseconds.
-std::vector<double> interleaved_medians(int repeats,
-                                        const std::vector<std::function<void()>>& steps) {
+std::vector<double> interleaved_medians(int repeats, const std::vector<Step>& steps) {
   std::vector<std::vector<double>> ms(steps.size());
   for (int r = 0; r < repeats; ++r) {
     for (size_t s = 0; s < steps.size(); ++s) {
+      steps[s].before();
       const auto start = std::chrono::steady_clock::now();
-      steps[s]();
+      steps[s].run();
       ms[s].push_back(
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
               .count());
@@ -79,18 +90,33 @@ int main(int argc, char** argv) {
   for (uint64_t i = 0; i < n; ++i) w[i] = lognormal(gen);
 
   int64_t drawn = 0;
-  auto build = [&] {
+  auto build_table = [&] {
     fastis::AliasTable table(w, n);
     table.sample(1, &drawn, nullptr);  // use the table, so the build cannot be elided
   };
+  // The memory of the table freed before it (or of other freed buffers of its size).
+  const Step rebuild{build_table, [&] {
+                       if (fastis::recycled::kept_bytes() == 0) build_table();
+                     }};
+  // Fresh memory: nothing kept before it, and nothing kept from it (its table is unmapped
+  // when freed, as every table was before memory was recycled).
+  const Step build{[&] {
+                     const size_t limit = fastis::recycled::set_limit(0);
+                     build_table();
+                     fastis::recycled::set_limit(limit);
+                   },
+                   [] { fastis::recycled::release_all(); }};
   if (!profile) {
-    const double ms = interleaved_medians(repeats, {build})[0];
-    std::printf("n=%llu threads=%d repeats=%d: median %.1f ms (last draw %lld)\n",
-                static_cast<unsigned long long>(n), threads, repeats, ms,
+    const std::vector<double> ms = interleaved_medians(repeats, {rebuild, build});
+    std::printf("n=%llu threads=%d repeats=%d: median rebuild %.1f ms, build into fresh "
+                "memory %.1f ms (last draw %lld)\n",
+                static_cast<unsigned long long>(n), threads, repeats, ms[0], ms[1],
                 static_cast<long long>(drawn));
     return 0;
   }
 
+  // The profile is of the build into fresh memory: nothing is kept for reuse from here on.
+  fastis::recycled::set_limit(0);
   // The build's first two phases with the library's own code, each from fresh memory as in
   // the build. The classification runs on a copy with a plain scale n / total (the build's
   // power-of-two prescale changes no timing for weights like these).

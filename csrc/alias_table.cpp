@@ -40,7 +40,7 @@ void store_entry(Entry* at, uint64_t keep, uint64_t alias) {
 template <class T>
 AliasTable::AliasTable(const T* w, uint64_t n, bool wide) : n_(n) {
   if (n == 0) throw std::invalid_argument("an AliasTable needs at least one example (n = 0)");
-  weights_ = LargeBuffer<double>(n);
+  weights_ = LargeBuffer<double>(n, Uninitialized{});  // all written by the copy
   const double total = ingest_streaming(w, n, weights_.data());
   if (!(total > 0.0)) {
     throw std::invalid_argument("cannot build an AliasTable: all weights are zero (total = 0)");
@@ -95,7 +95,7 @@ void AliasTable::build(LargeBuffer<Entry>* table) {
   using alias::to_fixed;
   using Alias = decltype(Entry::alias);
   using Keep = decltype(Entry::keep);
-  *table = LargeBuffer<Entry>(n_);
+  *table = LargeBuffer<Entry>(n_, Uninitialized{});  // every bucket's entry is written below
   Entry* t = table->data();
   const double* w = weights_.data();
   // units(k) = n * w_k / total. A power-of-two prescale (exact, even for subnormal weights)

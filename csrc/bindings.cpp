@@ -19,6 +19,7 @@
 
 #include "alias_table.hpp"
 #include "parallel.hpp"
+#include "recycled_memory.hpp"
 #include "rng.hpp"
 #include "row_scores.hpp"
 #include "simd.hpp"
@@ -316,6 +317,25 @@ PYBIND11_MODULE(_C, m) {
       py::arg("logits"), py::arg("target"), py::arg("lse"), py::arg("loss"), py::arg("scale"),
       py::arg("ignore_index"),
       "float32 [N, C]: scale * (softmax - onehot) per row, from the forward's lse and loss.");
+  m.def(
+      "empty_cache",
+      [] {
+        py::gil_scoped_release no_gil;
+        return recycled::release_all();
+      },
+      "Unmaps the memory kept from freed structures for reuse; returns how many bytes it held.");
+  m.def(
+      "set_cache_limit",
+      [](int64_t nbytes) {
+        if (nbytes < 0) throw py::value_error("the cache limit must be >= 0 bytes");
+        py::gil_scoped_release no_gil;
+        return recycled::set_limit(static_cast<size_t>(nbytes));
+      },
+      py::arg("nbytes"),
+      "Sets the most bytes kept from freed structures for reuse (0 turns it off); returns the "
+      "previous limit.");
+  m.def("cached_bytes", &recycled::kept_bytes,
+        "Bytes kept from freed structures for reuse by the next build of the same size.");
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("threads"));
   m.def(

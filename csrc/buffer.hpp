@@ -1,9 +1,11 @@
-// Zero-initialised, 64-byte aligned storage for large arrays.
+// 64-byte aligned storage for large arrays, zero-initialised unless asked otherwise.
 //
 // Large buffers come straight from mmap: the kernel hands out zeroed pages lazily (a tree
 // of billions of zero weights costs nothing until written), MAP_NORESERVE lets such a tree
 // exist beyond the overcommit heuristic, and MADV_HUGEPAGE asks for 2 MiB pages, which cut
-// TLB misses on the random accesses that dominate draws (SAMPLER.md section 5).
+// TLB misses on the random accesses that dominate draws (SAMPLER.md section 5). A buffer
+// whose owner overwrites all of it can take over a freed buffer's mapping instead of fresh
+// pages (recycled_memory.hpp); every freed mapping is offered for that reuse.
 #pragma once
 
 #include <cstddef>
@@ -15,38 +17,20 @@
 
 #include <sys/mman.h>
 
+#include "recycled_memory.hpp"
+
 namespace fastis {
+
+// Tag for a LargeBuffer whose contents start arbitrary: the owner writes all of it.
+struct Uninitialized {};
 
 template <class T>
 class LargeBuffer {
  public:
   LargeBuffer() = default;
 
-  explicit LargeBuffer(size_t count) : count_(count) {
-    if (count == 0) return;
-    if (count > SIZE_MAX / sizeof(T) - kHugePage) throw std::bad_alloc();
-    const size_t bytes = count * sizeof(T);
-    if (bytes < kMmapThreshold) {
-      const size_t rounded = (bytes + 63) / 64 * 64;
-      void* p = std::aligned_alloc(64, rounded);
-      if (p == nullptr) throw std::bad_alloc();
-      std::memset(p, 0, rounded);
-      data_ = static_cast<T*>(p);
-      return;
-    }
-    // Over-allocate one huge page so the data can start on a 2 MiB boundary.
-    map_bytes_ = bytes + kHugePage;
-    void* base = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (base == MAP_FAILED) throw std::bad_alloc();
-    map_base_ = base;
-    const uintptr_t aligned =
-        (reinterpret_cast<uintptr_t>(base) + kHugePage - 1) / kHugePage * kHugePage;
-#ifdef MADV_HUGEPAGE
-    madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
-#endif
-    data_ = reinterpret_cast<T*>(aligned);
-  }
+  explicit LargeBuffer(size_t count) : LargeBuffer(count, true) {}
+  LargeBuffer(size_t count, Uninitialized) : LargeBuffer(count, false) {}
 
   LargeBuffer(const LargeBuffer&) = delete;
   LargeBuffer& operator=(const LargeBuffer&) = delete;
@@ -69,6 +53,37 @@ class LargeBuffer {
   static constexpr size_t kHugePage = size_t{2} << 20;
   static constexpr size_t kMmapThreshold = size_t{1} << 20;
 
+  LargeBuffer(size_t count, bool zeroed) : count_(count) {
+    if (count == 0) return;
+    if (count > SIZE_MAX / sizeof(T) - 2 * kHugePage) throw std::bad_alloc();
+    const size_t bytes = count * sizeof(T);
+    if (bytes < kMmapThreshold) {
+      const size_t rounded = (bytes + 63) / 64 * 64;
+      void* p = std::aligned_alloc(64, rounded);
+      if (p == nullptr) throw std::bad_alloc();
+      if (zeroed) std::memset(p, 0, rounded);
+      data_ = static_cast<T*>(p);
+      return;
+    }
+    // Whole huge pages, plus one so that the data can start on a 2 MiB boundary; sizes
+    // rounded this way let buffers of slightly different lengths share recycled mappings.
+    map_bytes_ = (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
+    void* base = zeroed ? nullptr : recycled::take(map_bytes_);
+    const bool fresh = base == nullptr;
+    if (fresh) {
+      base = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (base == MAP_FAILED) throw std::bad_alloc();
+    }
+    map_base_ = base;
+    const uintptr_t aligned =
+        (reinterpret_cast<uintptr_t>(base) + kHugePage - 1) / kHugePage * kHugePage;
+#ifdef MADV_HUGEPAGE
+    if (fresh) madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
+#endif
+    data_ = reinterpret_cast<T*>(aligned);
+  }
+
   void swap(LargeBuffer& other) noexcept {
     std::swap(data_, other.data_);
     std::swap(count_, other.count_);
@@ -78,7 +93,7 @@ class LargeBuffer {
 
   void release() {
     if (map_base_ != nullptr) {
-      munmap(map_base_, map_bytes_);
+      recycled::give(map_base_, map_bytes_);
     } else {
       std::free(data_);
     }

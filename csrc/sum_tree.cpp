@@ -74,11 +74,11 @@ inline uint64_t choose_child(const double* line, double* u) {
 
 }  // namespace
 
-SumTree::SumTree(uint64_t n) : n_(n) { allocate_levels(); }
+SumTree::SumTree(uint64_t n) : n_(n) { allocate_levels(true); }
 
 template <class T>
 SumTree::SumTree(const T* w, uint64_t n) : n_(n) {
-  allocate_levels();
+  allocate_levels(false);  // the copy and the sums below write every entry but the padding
   // Level 1 is summed chunk by chunk right behind the copy, while the leaves are in cache,
   // instead of in a second pass over all of them.
   const bool has_level1 = levels_.size() > 1;
@@ -90,13 +90,24 @@ SumTree::SumTree(const T* w, uint64_t n) : n_(n) {
   if (!std::isfinite(total_)) throw std::overflow_error("the total weight overflows float64 (inf)");
 }
 
-void SumTree::allocate_levels() {
+void SumTree::allocate_levels(bool zeroed) {
   if (n_ == 0) throw std::invalid_argument("a SumTree needs at least one example (n = 0)");
+  // A level of `entries` whose first `used` hold weights or sums; the rest is zero padding.
+  auto add_level = [&](uint64_t used, uint64_t entries) {
+    if (zeroed) {
+      levels_.emplace_back(entries);
+      return;
+    }
+    levels_.emplace_back(entries, Uninitialized{});
+    double* level = levels_.back().data();
+    std::fill(level + used, level + entries, 0.0);
+  };
   uint64_t entries = round_up(n_, kFanout);
-  levels_.emplace_back(entries);
+  add_level(n_, entries);
   while (entries > kFanout) {
-    entries = round_up(entries / kFanout, kFanout);
-    levels_.emplace_back(entries);
+    const uint64_t used = entries / kFanout;
+    entries = round_up(used, kFanout);
+    add_level(used, entries);
   }
 }
 

@@ -50,7 +50,9 @@ class SumTree {
   RngState& rng() { return rng_; }
 
  private:
-  void allocate_levels();
+  // The levels for n_ leaves: all zero, or (zeroed = false) with only the padding zeroed,
+  // for a constructor that writes every other entry.
+  void allocate_levels(bool zeroed);
   void recompute_all();
   // Recomputes levels computed + 1 .. top from level `computed` and the total.
   void recompute_above(size_t computed);
