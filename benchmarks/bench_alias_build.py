@@ -1,15 +1,19 @@
 """AliasTable build time against a baseline revision of fastis, interleaved in one run.
 
-Build timings on this VM drift by tens of percent within minutes: a build writes 160 MB of
-fresh pages, and how fast the kernel (and the host behind it) hands those out varies. A
-figure from another run therefore says little about a change. This script builds the
-baseline revision's extension in a temporary folder and alternates fresh processes of the
-baseline and of this checkout, so both see the same machine state. Each process builds the
-table `--repeats` times from fresh copies of the same lognormal weights and reports the
+Build timings on this VM drift by tens of percent within minutes: a build into fresh memory
+writes 160 MB of new pages, and how fast the kernel (and the host behind it) hands those out
+varies. A figure from another run therefore says little about a change. This script builds
+the baseline revision's extension in a temporary folder and alternates fresh processes of
+the baseline and of this checkout, so both see the same machine state. Each process builds
+the table `--repeats` times from fresh copies of the same lognormal weights and reports the
 median. The script prints the median over the rounds of each, and their ratio.
 
+Builds after the first reuse the memory of the table freed before them where the revision
+recycles memory (fastis.empty_cache exists); --fresh-memory empties that cache before every
+build, so that both revisions build into fresh memory.
+
     python benchmarks/bench_alias_build.py                      # baseline HEAD~1, n = 1e7
-    python benchmarks/bench_alias_build.py --baseline e975f5e --rounds 7
+    python benchmarks/bench_alias_build.py --baseline e975f5e --rounds 7 --fresh-memory
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def child(fastis_root: str, n: int, threads: int, repeats: int) -> None:
+def child(fastis_root: str, n: int, threads: int, repeats: int, fresh_memory: bool) -> None:
     """Run in a fresh process: time `repeats` builds with the fastis found at fastis_root."""
     sys.path.insert(0, fastis_root)
     import fastis
@@ -42,6 +46,8 @@ def child(fastis_root: str, n: int, threads: int, repeats: int) -> None:
     seconds = []
     for _ in range(repeats):
         fresh = weights.copy()  # as a caller's new weight vector would be
+        if fresh_memory and hasattr(fastis, "empty_cache"):
+            fastis.empty_cache()
         start = time.perf_counter()
         table = fastis.AliasTable(fresh, seed=0)
         seconds.append(time.perf_counter() - start)
@@ -73,7 +79,8 @@ def build_baseline(revision: str, folder: Path) -> Path:
 def run_child(root: Path, args: argparse.Namespace) -> float:
     out = subprocess.run(
         [sys.executable, __file__, "--child", str(root), "--n", str(args.n),
-         "--threads", str(args.threads), "--repeats", str(args.repeats)],
+         "--threads", str(args.threads), "--repeats", str(args.repeats)]
+        + (["--fresh-memory"] if args.fresh_memory else []),
         check=True,
         capture_output=True,
         text=True,
@@ -88,11 +95,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="processes of each, alternated")
     parser.add_argument("--repeats", type=int, default=11, help="builds per process")
+    parser.add_argument("--fresh-memory", action="store_true",
+                        help="empty fastis' memory cache before every build")
     parser.add_argument("--out", help="result file or folder (default benchmarks/results/)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv[1:])
     if args.child:
-        child(args.child, args.n, args.threads, args.repeats)
+        child(args.child, args.n, args.threads, args.repeats, args.fresh_memory)
         return
     env = benchlib.environment(argv)
     baseline_commit = subprocess.run(
@@ -115,7 +124,8 @@ def main(argv: list[str]) -> None:
          " ".join(f"{t:.1f}" for t in times["this checkout"])],
     ]
     title = (f"AliasTable build, n = {args.n:.0e}, {args.threads} threads, lognormal(0, 2) "
-             f"weights; {args.rounds} alternated processes of each, {args.repeats} builds each")
+             f"weights; {args.rounds} alternated processes of each, {args.repeats} builds each"
+             + ("; fresh memory for every build" if args.fresh_memory else ""))
     print(title)
     print(benchlib.render_text(headers, rows))
     print(f"baseline / this checkout: {ratio:.2f}x")
