@@ -89,7 +89,7 @@ class Sharded:
         self._collective = initialised and self.world_size > 1
         self._local_picks: dict[int, _LocalPick] = {}  # select() results not yet updated
         self._selected_at: dict[int, float] = {}  # step -> perf_counter() when selected
-        self._gathered: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # see _gather
+        self._last_gather: dist.Work | None = None  # see _gather
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -230,12 +230,14 @@ class Sharded:
             padded[:len(rows)] = rows
             mine = torch.from_numpy(padded)
             parts = [torch.empty_like(mine) for _ in range(self.world_size)]
-            dist.all_gather(parts, mine, group=self.group)
-            # Held until the next gather: gloo's worker thread drops its references to these
-            # tensors only after all_gather returns, and if Python had let go first, that
-            # thread would free them, which takes the GIL and aborts the process
-            # (std::terminate) when the interpreter is shutting down meanwhile.
-            self._gathered = (mine, parts)
+            work = dist.all_gather(parts, mine, group=self.group, async_op=True)
+            work.wait()
+            # The work (and with it the tensors) is held until the next gather, so that the
+            # backend's worker thread never drops the last reference: releasing a tensor that
+            # Python has seen takes the GIL, and a worker thread that waits for the GIL while
+            # the interpreter shuts down (the process's last step) aborts it (std::terminate,
+            # seen with gloo).
+            self._last_gather = work
             rows = torch.cat(parts).numpy()
             rows = rows[~np.isnan(rows[:, _POSITION])]
         if not (rows[:, _STEP] == step).all():
