@@ -1,4 +1,5 @@
-"""Starting the ranks of a multi-process test (torch.distributed on gloo)."""
+"""Starting the processes of a multi-process test: forked children, and the ranks of
+torch.distributed on gloo."""
 
 from __future__ import annotations
 
@@ -34,3 +35,20 @@ def run_ranks(target: Callable[..., None], world: int, *args: Any,
     finally:
         for p in procs:
             p.kill()
+
+
+def _report(target: Callable[..., Any], args: tuple, queue: Any) -> None:
+    queue.put(target(*args))
+
+
+def result_of_forked_child(target: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
+    """target(*args) run in a child forked from this process (as DataLoader workers are),
+    after checking that the child exited with 0."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_report, args=(target, args, queue))
+    child.start()
+    result = queue.get(timeout=timeout)
+    child.join(timeout=timeout)
+    assert child.exitcode == 0, f"the child exited with {child.exitcode}"
+    return result

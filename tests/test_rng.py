@@ -5,7 +5,6 @@ several Python threads."""
 from __future__ import annotations
 
 import math
-import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,6 +19,7 @@ from helpers import (
     replay_sum_tree,
     seed_of,
 )
+from process_helpers import result_of_forked_child
 
 import fastis
 from fastis import _C
@@ -155,9 +155,9 @@ def test_same_indices_whatever_the_thread_count(structure, threads, with_probabi
     assert np.all(w[idx] > 0)
 
 
-def _draw_in_child(structure, w, queue):
+def _draw_in_child(structure, w):
     fastis.set_num_threads(2)
-    queue.put(structure(w, seed=4).sample(5000).numpy())
+    return structure(w, seed=4).sample(5000).numpy()
 
 
 def test_pool_works_in_a_forked_child(structure, threads):
@@ -166,14 +166,7 @@ def test_pool_works_in_a_forked_child(structure, threads):
     w = np.random.default_rng(3).random(20_000)
     threads(2)
     expected = structure(w, seed=4).sample(5000).numpy()  # the parent's pool is running
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_draw_in_child, args=(structure, w, queue))
-    child.start()
-    got = queue.get(timeout=60)
-    child.join(timeout=60)
-    assert child.exitcode == 0
-    assert np.array_equal(got, expected)
+    assert np.array_equal(result_of_forked_child(_draw_in_child, structure, w), expected)
 
 
 def test_build_is_independent_of_thread_count(structure, threads):
