@@ -1,5 +1,6 @@
 #include "recycled_memory.hpp"
 
+#include <atomic>
 #include <mutex>
 #include <new>
 
@@ -21,12 +22,12 @@ struct Kept {
   size_t bytes;
 };
 
-// Oldest first. Guarded by g_mutex.
+// Oldest first. Guarded by g_mutex; the limit is also read without it, by give().
 std::mutex g_mutex;
 Kept g_kept[kMaxKept];
 int g_count = 0;
 size_t g_bytes = 0;
-size_t g_limit = kDefaultLimit;
+std::atomic<size_t> g_limit{kDefaultLimit};
 
 // A forked child may have been forked while another thread held the mutex or was halfway
 // through an update, so it starts with nothing kept. The parent's mappings stay mapped in
@@ -64,6 +65,12 @@ int evict_for(size_t bytes, bool need_slot, Kept* evicted) {
   return removed;
 }
 
+// Unmaps what evict_for() removed; called after releasing g_mutex, as unmapping is slow next
+// to the list updates.
+void unmap(const Kept* evicted, int count) {
+  for (int i = 0; i < count; ++i) munmap(evicted[i].base, evicted[i].bytes);
+}
+
 }  // namespace
 
 void* take(size_t bytes) {
@@ -77,11 +84,12 @@ void* take(size_t bytes) {
 
 void give(void* base, size_t bytes) {
   register_fork_handler();
-  // Marked before taking the lock (it walks the page tables). Without MADV_FREE (kernels
-  // before 4.5) the pages could not be handed back under pressure: such a mapping is unmapped.
+  // Marked before taking the lock (it walks the page tables), and only if it may be kept.
+  // Without MADV_FREE (kernels before 4.5) the pages could not be handed back under
+  // pressure: such a mapping is unmapped.
   bool keep = false;
 #ifdef MADV_FREE
-  keep = madvise(base, bytes, MADV_FREE) == 0;
+  keep = bytes <= g_limit.load() && madvise(base, bytes, MADV_FREE) == 0;
 #endif
   Kept evicted[kMaxKept];
   int removed = 0;
@@ -94,8 +102,7 @@ void give(void* base, size_t bytes) {
       g_bytes += bytes;
     }
   }
-  // Unmapping is slow next to the list update, so it happens outside the lock.
-  for (int i = 0; i < removed; ++i) munmap(evicted[i].base, evicted[i].bytes);
+  unmap(evicted, removed);
   if (!keep) munmap(base, bytes);
 }
 
@@ -108,7 +115,7 @@ size_t release_all() {
     bytes = g_bytes;
     while (g_count > 0) evicted[removed++] = remove_at(0);
   }
-  for (int i = 0; i < removed; ++i) munmap(evicted[i].base, evicted[i].bytes);
+  unmap(evicted, removed);
   return bytes;
 }
 
@@ -118,11 +125,10 @@ size_t set_limit(size_t bytes) {
   size_t previous = 0;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
-    previous = g_limit;
-    g_limit = bytes;
+    previous = g_limit.exchange(bytes);
     removed = evict_for(0, false, evicted);
   }
-  for (int i = 0; i < removed; ++i) munmap(evicted[i].base, evicted[i].bytes);
+  unmap(evicted, removed);
   return previous;
 }
 
