@@ -27,8 +27,7 @@ import torch
 import torch.distributed as dist
 
 from fastis.distributed import Sharded
-from fastis.samplers import BiasedLoss, ImportanceSampler
-from fastis.samplers._pool import PoolSampler
+from fastis.samplers import BiasedLoss, ImportanceSampler, PoolSampler
 
 SAMPLERS = {
     "ImportanceSampler": lambda n, batch: ImportanceSampler(n, batch, seed=0,

@@ -284,8 +284,8 @@ PYBIND11_MODULE(_C, m) {
         float *l = loss.mutable_data(), *g = grad_norm.mutable_data(), *e = lse.mutable_data();
         with_logits(logits, [&](const auto* z) {
           py::gil_scoped_release no_gil;
-          cross_entropy_row_scores(z, layout.stride, layout.classes, row_ptr, target_ptr, count,
-                                   ignore_index, l, g, e);
+          cross_entropy_row_scores(z, layout.stride, logits.shape(0), layout.classes, row_ptr,
+                                   target_ptr, count, ignore_index, l, g, e);
         });
         return py::make_tuple(loss, grad_norm, lse);
       },

@@ -109,3 +109,25 @@ class Indexed(torch.utils.data.Dataset):
             Batch(example, i, w, draw.step)
             for example, i, w in zip(examples, indices, draw.weight)
         ]
+
+
+def take_rows(data: Any, rows: torch.Tensor) -> Any:
+    """Rows `rows` (int64) of every batch-first tensor in `data` (a tensor, or tuples /
+    lists / dicts of them), each indexed on its own device.
+
+    Examples:
+        >>> import torch
+        >>> from fastis.data import take_rows
+        >>> x, y = take_rows((torch.arange(6).view(3, 2), torch.tensor([7, 8, 9])),
+        ...                  torch.tensor([2, 0]))
+        >>> x.tolist(), y.tolist()
+        ([[4, 5], [0, 1]], [9, 7])
+    """
+    if isinstance(data, torch.Tensor):
+        return data[rows.to(data.device)]
+    if isinstance(data, dict):
+        return {key: take_rows(value, rows) for key, value in data.items()}
+    if isinstance(data, (tuple, list)):
+        return type(data)(take_rows(value, rows) for value in data)
+    raise TypeError(f"take_rows() handles tensors, tuples, lists and dicts, got "
+                    f"{type(data).__name__}")

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 import fastis
 from fastis import datasets, samplers
-from fastis.samplers._pool import take_rows
+from fastis.data import take_rows
 
 
 class SmallCNN(nn.Module):
@@ -158,7 +158,7 @@ def train(task: Any, method: str, make_sampler: Callable[..., Any], *, seconds: 
     model = task.model()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sampler = make_sampler(task.num_examples, batch_size, seed)
-    loader = DataLoader(fastis.data.Indexed(task.dataset()), batch_sampler=sampler)
+    loader = sampler.loader(task.dataset())
     curve = Curve(method)
     clock, steps, next_eval = 0.0, 0, seconds / evaluations
 
@@ -183,7 +183,7 @@ def train(task: Any, method: str, make_sampler: Callable[..., Any], *, seconds: 
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * min(clock / seconds, 1.0)))
             data, weight = batch.data, batch.weight
-            if hasattr(sampler, "select"):  # pool methods: score the pool, keep b of it
+            if sampler.scores_pools:  # pool methods: score the pool, keep b of it
                 pick = sampler.select(batch, pool_scorer(task, model, data))
                 data, weight = pick.take(data), pick.weight
             losses, scores = task.example_losses(model, data, weight)

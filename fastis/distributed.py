@@ -7,7 +7,7 @@ batch and trains on its own shard of it; score updates are merged across ranks.
     sampler.update(batch, scores)   # one all_gather; then every rank applies all updates
 
 How it stays consistent without extra synchronisation: the wrapped sampler's draws are a
-function of (seed, step, updates so far) only (fastis.samplers._base). Every rank wraps a
+function of (seed, step, updates so far) only (fastis.samplers.draws). Every rank wraps a
 sampler with the same seed and configuration and applies the same merged updates in the
 same order, so all ranks hold the same state and draw the same global batches. Rank r
 takes positions r, r + W, r + 2W, ... of each global batch: disjoint shards that together
@@ -42,9 +42,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fastis.data import Draw
-from fastis.samplers._base import BatchSampler
-from fastis.samplers._pool import Pick, PoolSampler
+from fastis.data import Draw, Indexed
+from fastis.samplers import BatchSampler, Pick
 
 # Columns of the gathered rows: the position in the global batch (or pool, or pick list),
 # the data set index, the score, the step, and the rank's time for the step (NaN: none).
@@ -67,6 +66,14 @@ class Sharded:
         sampler: the global sampler (same class, configuration and seed on every rank).
         rank, world_size: default from torch.distributed (1 process when not initialised).
         group: the process group of the all-gathers (default: the world).
+
+    Examples:
+        >>> import fastis
+        >>> sampler = fastis.distributed.Sharded(fastis.samplers.Uniform(100, 8, seed=0),
+        ...                                      rank=1, world_size=2)
+        >>> draw = next(iter(sampler))   # positions 1, 3, 5, 7 of the global batch
+        >>> len(draw), sampler.scores_pools
+        (4, False)
     """
 
     def __init__(self, sampler: BatchSampler, *, rank: int | None = None,
@@ -82,7 +89,7 @@ class Sharded:
         if self.world_size > sampler.batch_size:
             raise ValueError(f"world size {self.world_size} exceeds the global batch size "
                              f"{sampler.batch_size}: some ranks would get empty shards")
-        if isinstance(sampler, PoolSampler) and self.world_size > sampler.pool_size:
+        if sampler.scores_pools and self.world_size > sampler.pool_size:
             raise ValueError(f"world size {self.world_size} exceeds the pool size "
                              f"{sampler.pool_size}: some ranks would get empty pool shards")
         self.sampler, self.group = sampler, group
@@ -93,6 +100,15 @@ class Sharded:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    @property
+    def scores_pools(self) -> bool:
+        """Whether the wrapped sampler's steps include pools (select() resamples them)."""
+        return self.sampler.scores_pools
+
+    def loader(self, dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
+        """A DataLoader over `dataset` yielding this rank's shards (see BatchSampler.loader)."""
+        return torch.utils.data.DataLoader(Indexed(dataset), batch_sampler=self, **kwargs)
 
     def __iter__(self) -> Iterator[Draw]:
         for draw in self.sampler:
@@ -112,7 +128,15 @@ class Sharded:
 
     def is_pool(self, batch: Any) -> bool:
         """Whether `batch` (this rank's shard) belongs to a pool step."""
-        return self._is_pool_step(self.sampler._batch_of(batch)[1])
+        return self._is_pool_step(self._shard_of(batch)[1])
+
+    def _shard_of(self, batch: Any) -> tuple[np.ndarray, int]:
+        """(index, step) of this rank's shard, checked against the global draw of its step."""
+        index, step = self.sampler.batch_of(batch)
+        if not np.array_equal(index, self.sampler.drawn(step).index[self.rank::self.world_size]):
+            raise ValueError(f"batch.index is not rank {self.rank}'s shard of step {step}: "
+                             "report each shard as the loader yielded it")
+        return index, step
 
     def select(self, batch: Any, scores: Any) -> Pick:
         """PoolSampler.select() for this rank's shard of a pool (module docstring).
@@ -126,32 +150,31 @@ class Sharded:
             on a step that is not a pool, the whole shard with its own weights.
         Every rank must call it for every pool step (it gathers); elsewhere it is local.
         """
-        if not isinstance(self.sampler, PoolSampler):
+        if not self.sampler.scores_pools:
             raise TypeError(f"{type(self.sampler).__name__} has no select(): it draws "
                             "batches to train on as they are")
-        index, step = self.sampler._batch_of(batch)
+        index, step = self._shard_of(batch)
         if step in self._local_picks:  # a repeated call: the same answer, gathered once
             return self._local_picks[step].pick
         if self._is_pool_step(step):
             local = self._select_pool(index, step, scores)
         else:  # the shard as it is, with its own weights
-            local = _LocalPick(self.sampler.select(batch, scores), np.arange(len(index)))
+            local = _LocalPick(Pick.whole(index, batch.weight), np.arange(len(index)))
         self._local_picks[step] = local
         self._selected_at[step] = time.perf_counter()
         return local.pick
 
     def _select_pool(self, index: np.ndarray, step: int, scores: Any) -> _LocalPick:
         sampler = self.sampler
-        sampler.last_forward_seconds = 0.0
-        values = sampler._score_pool(scores, len(index))
-        seconds = sampler.last_forward_seconds or math.nan
-        mine = self._rows(self._positions(len(index)), index, values, step, seconds)
+        values, seconds = sampler.score_pool(scores, len(index))
+        mine = self._rows(self._positions(len(index)), index, values, step,
+                          math.nan if seconds is None else seconds)
         pool = self._gather(mine, -(-sampler.pool_size // self.world_size), step)
-        # The slowest rank's forward is the pool's cost (0: no rank timed one).
+        # The slowest rank's forward is the pool's cost (None: no rank timed one).
         slowest = _slowest(pool)
-        sampler.last_forward_seconds = 0.0 if math.isnan(slowest) else slowest
         whole = sampler.select(Draw(pool[:, _INDEX].astype(np.int64),
-                                    np.ones(len(pool), np.float32), step), pool[:, _SCORE])
+                                    np.ones(len(pool), np.float32), step), pool[:, _SCORE],
+                               forward_seconds=None if math.isnan(slowest) else slowest)
         owner = whole.rows.numpy() % self.world_size
         padded_length = int(np.bincount(owner, minlength=self.world_size).max())
         positions = np.flatnonzero(owner == self.rank)
@@ -168,12 +191,12 @@ class Sharded:
         the global sampler with the whole batch. Every rank must call it for every batch,
         all with scores or all without (then nothing is exchanged). On a pool step `scores`
         are aligned with the Pick's rows (its padding included)."""
-        index, step = self.sampler._batch_of(batch)
+        index, step = self._shard_of(batch)
         local = self._local_picks.get(step)
         if local is None and self._is_pool_step(step):
             raise ValueError(f"step {step} is a pool: call select() on it before update()")
         if scores is None:
-            self.sampler.update(Draw(index, np.ones(len(index), np.float32), step))
+            self.sampler.update(self.sampler.drawn(step))
         else:
             self._update_merged(index, step, scores, local if self._is_pool_step(step) else None)
         self._forget_before(self.sampler.step)
@@ -194,14 +217,14 @@ class Sharded:
         selected_at = self._selected_at.get(step)
         seconds = time.perf_counter() - selected_at if selected_at is not None else math.nan
         merged = self._gather(self._rows(positions, index, values, step, seconds), longest, step)
-        if isinstance(self.sampler, PoolSampler):
+        if self.sampler.scores_pools:
             # The step took as long as its slowest rank: every rank records that time.
-            self.sampler._given_seconds = (step, _slowest(merged))
+            self.sampler.record_step_seconds(step, _slowest(merged))
         self.sampler.update(Draw(merged[:, _INDEX].astype(np.int64),
                                  np.ones(len(merged), np.float32), step), merged[:, _SCORE])
 
     def _is_pool_step(self, step: int) -> bool:
-        return isinstance(self.sampler, PoolSampler) and step in self.sampler._pool_steps
+        return self.sampler.scores_pools and self.sampler.is_pool_step(step)
 
     def _forget_before(self, step: int) -> None:
         """Drops the selections of acknowledged steps."""

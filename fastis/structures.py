@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fastis import _C
-from fastis._convert import as_count, as_indices, as_seed, as_weights
+from fastis.validation import as_count, as_indices, as_seed, as_weights
 
 _STATE_VERSION = 1
 

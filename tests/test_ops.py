@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastis import ops, reference
+from fastis import ops
+from fastis.ops import reference
 
-# cross_entropy_scores runs on every backend; Triton (interpreted on CPU, see conftest.py)
-# only where it is installed. The native row loop scores logits only.
+# Every op runs on every backend; Triton (interpreted on CPU, see conftest.py) only where it
+# is installed.
 BACKENDS = [
     "reference",
     "native",
@@ -26,7 +27,7 @@ BACKENDS = [
     ),
 ]
 
-LINEAR_BACKENDS = [b for b in BACKENDS if b != "native"]
+LINEAR_BACKENDS = BACKENDS
 
 torch.set_default_dtype(torch.float32)
 
@@ -290,7 +291,7 @@ def test_sequence_scores_from_batch_layout_and_from_ids():
         (
             lambda: (torch.zeros(3, 4), torch.zeros(3, dtype=torch.long, device="meta")),
             ValueError,
-            "device",
+            "meta tensor",
         ),
         (lambda: (torch.zeros(3, 0), torch.zeros(3, dtype=torch.long)), ValueError, "C >= 1"),
     ],
@@ -301,23 +302,27 @@ def test_bad_input_is_refused_before_any_read(make, error, match):
         ops.cross_entropy_scores(logits, target)
 
 
-def test_bad_rows_and_backend():
+def test_bad_rows_and_backend(monkeypatch):
     logits, target = torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)
     with pytest.raises(IndexError, match=r"rows\[1\] = 3"):
         ops.cross_entropy_scores(logits, target, rows=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="backend"):
         ops.cross_entropy_scores(logits, torch.zeros(3, dtype=torch.long), backend="cuda")
-    with pytest.raises(ValueError, match="native' scores logits only"):
+    # Without the interpreter, Triton cannot run CPU tensors: refused, naming what it needs.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' needs Triton installed and CUDA"):
         ops.linear_cross_entropy_scores(logits, torch.zeros(5, 4), torch.zeros(3).long(),
-                                        backend="native")
+                                        backend="triton")
 
 
 def test_auto_takes_the_native_loop_for_small_cpu_logits():
     # Small CPU logits go to the extension's row loop, large ones to the reference; both
     # give the same scores to float32 rounding (the loop works in double).
     small, large = torch.randn(128, 10), torch.randn(8, (1 << 16) // 8 + 1)
-    assert ops._use_native("auto", small) and not ops._use_native("auto", large)
-    assert not ops._use_native("reference", small)
+    cpu = torch.device("cpu")
+    assert ops.backend_for("auto", cpu, logits_elements=small.numel()) is ops.native
+    assert ops.backend_for("auto", cpu, logits_elements=large.numel()) is ops.reference
+    assert ops.backend_for("reference", cpu, logits_elements=small.numel()) is ops.reference
     y = torch.randint(0, 10, (128,))
     auto = ops.cross_entropy_scores(small, y)
     ref = ops.cross_entropy_scores(small, y, backend="reference")
@@ -443,25 +448,28 @@ def test_triton_linear_kernel_merges_class_tiles():
     assert relative_error(s.weight_grad_norm, exact) <= 1e-5
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_unvalidated_bad_targets_and_rows_score_nan_without_reading():
-    # validate=False skips the host-side checks (no device sync, CUDA-graph capturable); the
-    # kernels then guard every read and mark the offending rows NaN.
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unvalidated_bad_targets_and_rows_score_nan_without_reading(backend):
+    # validate=False skips the host-side checks (no device sync, CUDA-graph capturable); every
+    # backend then guards every read and marks the offending rows NaN (ignored rows score 0).
     logits, hidden, weight = make_logits(6, 50, 50), make_logits(6, 8, 51), make_logits(50, 8, 52)
     target = torch.tensor([1, 50, -3, IGNORE, 4, 5])
     rows = torch.tensor([0, 1, 2, 3, 6, -1])
     for s in (
-        ops.cross_entropy_scores(logits, target, rows=rows, backend="triton", validate=False),
+        ops.cross_entropy_scores(logits, target, rows=rows, backend=backend, validate=False),
         ops.linear_cross_entropy_scores(
-            hidden, weight, target, rows=rows, backend="triton", validate=False
+            hidden, weight, target, rows=rows, backend=backend, validate=False
         ),
     ):
         for field in s:
             assert torch.isnan(field[[1, 2, 4, 5]]).all()
             assert field[3] == 0 and torch.isfinite(field[0])
-    good = ops.cross_entropy_scores(logits[:1], target[:1])
-    s = ops.cross_entropy_scores(logits, target, rows=rows, backend="triton", validate=False)
+    good = ops.cross_entropy_scores(logits[:1], target[:1], backend=backend)
+    s = ops.cross_entropy_scores(logits, target, rows=rows, backend=backend, validate=False)
     assert torch.allclose(s.loss[:1], good.loss, rtol=1e-6)
-    # The reference backend reads through PyTorch indexing, which refuses on its own.
-    with pytest.raises((RuntimeError, IndexError)):
-        ops.cross_entropy_scores(logits, target, backend="reference", validate=False)
+    # Indices far out of range: a read there would leave the process's memory.
+    huge = torch.tensor([0, 1, 2, 10**12])
+    for s in (ops.cross_entropy_scores(logits[:4], huge, backend=backend, validate=False),
+              ops.cross_entropy_scores(logits, torch.tensor([1, 4, 5, 1]), rows=huge,
+                                       backend=backend, validate=False)):
+        assert torch.isnan(s.loss[3]) and torch.isfinite(s.loss[:3]).all()

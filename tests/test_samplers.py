@@ -165,24 +165,28 @@ def test_importance_sampler_is_unbiased():
 
 def test_importance_sampler_updates_last_write_wins_power_staleness():
     sampler = ImportanceSampler(10, 4, power=0.5, seed=0)
-    sampler._next_step = 3
-    sampler.update(Draw(np.array([1, 2, 1, 3]), np.ones(4, np.float32), 0),
-                   np.array([4.0, 9.0, 16.0, 0.0]))
+    sampler.observe(np.array([1, 2, 1, 3]), np.array([4.0, 9.0, 16.0, 0.0]))  # stamped 0
     np.testing.assert_array_equal(sampler._tree.weights([1, 2, 3]).numpy(), [4.0, 3.0, 0.0])
-    sampler.update(Draw(np.array([2]), np.ones(1, np.float32), 2), [1.0])
+    # Three trained steps; the mean staleness is recomputed here from the last step that
+    # scored each example.
+    stamp = {1: 0, 2: 0, 3: 0}
+    draws = list(itertools.islice(iter(sampler), 3))
+    for draw in draws:
+        sampler.update(draw, np.ones(4))
+        stamp.update(dict.fromkeys(draw.index.tolist(), draw.step))
     stats = sampler.stats()
-    # Scored: 1 and 3 at step 0, 2 at step 2; now (after step 2) staleness = mean(2, 2, 0).
-    assert stats["scored"] == 0.3
-    assert stats["staleness"] == pytest.approx(4 / 3)
+    assert stats["scored"] == len(stamp) / 10
+    assert stats["staleness"] == pytest.approx(2 - np.mean(list(stamp.values())))
 
 
 def test_importance_sampler_skip_policy_keeps_old_scores():
     sampler = ImportanceSampler(5, 2, invalid="skip", seed=0)
-    sampler._next_step = 1
-    sampler.update(Draw(np.arange(5), np.ones(5, np.float32), 0),
-                   np.array([2.0, np.nan, np.inf, -1.0, 3.0]))
+    sampler.observe(np.arange(5), np.array([2.0, np.nan, np.inf, -1.0, 3.0]))
     np.testing.assert_array_equal(sampler._tree.weights().numpy(), [2.0, 1.0, 1.0, 1.0, 3.0])
     assert sampler.stats()["scored"] == 0.4
+    draw = next(iter(sampler))
+    sampler.update(draw, np.array([np.nan, 7.0]))
+    assert sampler._tree.weights(draw.index[1:]).item() == 7.0
 
 
 def test_importance_sampler_takes_ops_scores():
@@ -190,10 +194,13 @@ def test_importance_sampler_takes_ops_scores():
     scores = fastis.ops.cross_entropy_scores(logits, target)
     for field in ("loss", "grad_norm"):
         sampler = ImportanceSampler(6, 3, score=field, seed=0)
-        sampler._next_step = 1
-        sampler.update(Draw(np.arange(6), np.ones(6, np.float32), 0), scores)
+        sampler.observe(np.arange(6), scores)
         np.testing.assert_allclose(sampler._tree.weights().numpy(),
                                    getattr(scores, field).double().numpy())
+        draw = next(iter(sampler))
+        sampler.update(draw, fastis.ops.Scores(*(t[:3] for t in scores)))
+        last = dict(zip(draw.index.tolist(), getattr(scores, field)[:3].double().tolist()))
+        np.testing.assert_allclose(sampler._tree.weights(list(last)).numpy(), list(last.values()))
 
 
 # ----------------------------------------------------------------------- UpperBound
@@ -404,7 +411,7 @@ def test_state_dict_round_trip_and_rejections():
         fresh.load_state_dict({"weights": 1})
     corrupted = round_trip(state)
     corrupted["method"]["stamp"] = corrupted["method"]["stamp"][:-1]
-    with pytest.raises(ValueError, match="stamps"):
+    with pytest.raises(ValueError, match="stamp has shape"):
         fresh.load_state_dict(corrupted)
     corrupted = round_trip(state)
     corrupted["in_flight"] = [(np.array([99]), np.ones(1, np.float32), 1)]

@@ -2,7 +2,7 @@
 weights against an independent float64 computation, unbiasedness on a least-squares problem,
 the EMA of V_c, input checks that change nothing, and exact resume.
 
-Every expected value is computed here from the formulas of ALGORITHMS.md 3.2-3.3, without
+Every expected value is computed here from the formulas of docs/methods.md, without
 the sampler's own code. Goodness-of-fit tests run at level ALPHA (helpers.py) with fixed
 seeds, so a given build passes or fails deterministically.
 """
@@ -44,10 +44,9 @@ def expected_q(v: np.ndarray, mix: float, sizes: np.ndarray = SIZES) -> np.ndarr
 
 
 def observe_all(sampler: RAS, scores_per_group) -> None:
-    """One update covering every example, with each group's score given (V_c = s_c^2)."""
-    step = next(iter(sampler)).step  # update() accepts only steps the sampler has drawn
+    """One observation of every example, with each group's score given (V_c = s_c^2)."""
     scores = np.asarray(scores_per_group, dtype=np.float64)[group_index(GROUPS)]
-    sampler.update(Draw(np.arange(N), np.ones(N, np.float32), step), scores)
+    sampler.observe(np.arange(N), scores)
 
 
 def draw_many(sampler: RAS, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +86,7 @@ def test_warm_up_samples_the_prior_until_every_group_is_seen():
     np.testing.assert_array_equal(first.weight, np.ones(16, np.float32))
     # Two of the three groups observed: still the prior, weights 1.
     seen = np.flatnonzero(GROUPS != 40)
-    sampler.update(Draw(seen, np.ones(len(seen), np.float32), 0), np.full(len(seen), 5.0))
+    sampler.observe(seen, np.full(len(seen), 5.0))
     assert sampler.warming_up
     np.testing.assert_array_equal(sampler.group_distribution(), SIZES / N)
     index, weight = draw_many(sampler, 400)
@@ -95,7 +94,7 @@ def test_warm_up_samples_the_prior_until_every_group_is_seen():
     assert pooled_chisquare(np.bincount(index, minlength=N), np.full(N, 1 / N)) > ALPHA
     # The last group's first observation ends the warm-up.
     rest = np.flatnonzero(GROUPS == 40)
-    sampler.update(Draw(rest, np.ones(len(rest), np.float32), 0), np.full(len(rest), 1.0))
+    sampler.observe(rest, np.full(len(rest), 1.0))
     assert not sampler.warming_up
     np.testing.assert_allclose(sampler.group_distribution(),
                                expected_q(np.array([25.0, 25.0, 1.0]), 0.3), rtol=1e-12)
@@ -158,7 +157,7 @@ def test_weighted_gradient_is_unbiased_on_least_squares():
 
     sampler = RAS(n, 4, groups=groups, mix=0.3, seed=18)
     next(iter(sampler))
-    sampler.update(Draw(np.arange(n), np.ones(n, np.float32), 0), np.linalg.norm(grads, axis=1))
+    sampler.observe(np.arange(n), np.linalg.norm(grads, axis=1))
     q = sampler.group_distribution()
     assert q[2] > 0.6 > 1 / 3  # far from the prior pi = 1/3 each
 
@@ -184,11 +183,11 @@ def test_estimate_is_the_mean_square_then_an_ema():
     members = np.flatnonzero(GROUPS == 20)[:2]
     # First observation: V = mean of the squares, (1 + 9) / 2 = 5 (not the square of the
     # mean, 4).
-    sampler.update(Draw(members, np.ones(2, np.float32), 0), [1.0, 3.0])
+    sampler.observe(members, [1.0, 3.0])
     assert sampler.second_moments[1] == 5.0
     assert sampler.second_moments[0] == 0.0  # other groups untouched
     for k in range(1, 31):
-        sampler.update(Draw(members, np.ones(2, np.float32), 0), torch.tensor([2.0, 2.0]))
+        sampler.observe(members, torch.tensor([2.0, 2.0]))
         assert sampler.second_moments[1] == pytest.approx(4.0 + (5.0 - 4.0) * 0.9 ** k,
                                                           rel=1e-12)
 
@@ -196,13 +195,11 @@ def test_estimate_is_the_mean_square_then_an_ema():
 def test_estimate_tracks_a_stationary_score():
     rng = np.random.default_rng(20)
     sampler = RAS(N, 4, groups=GROUPS, momentum=0.9, seed=21)
-    next(iter(sampler))
-    members = np.flatnonzero(GROUPS == 40)
-    batch = Draw(np.resize(members, 300), np.ones(300, np.float32), 0)
+    members = np.resize(np.flatnonzero(GROUPS == 40), 300)
     history = []
     for _ in range(200):
         # s ~ U(0, 2): E[s^2] = 4/3, E[s] = 1.
-        sampler.update(batch, Scores(torch.zeros(300), torch.as_tensor(rng.uniform(0, 2, 300))))
+        sampler.observe(members, Scores(torch.zeros(300), torch.as_tensor(rng.uniform(0, 2, 300))))
         history.append(sampler.second_moments[2])
     # EMA of batch means of s^2: sd = sqrt((1 - b) / (1 + b) * Var(s^2) / 300) = 0.016; the
     # mean of the last 150 values has sd ~ sqrt(Var(s^2) / 300 / 150) = 0.0056. Without the

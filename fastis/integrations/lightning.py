@@ -30,7 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from fastis.distributed import Sharded
-from fastis.samplers._base import BatchSampler
+from fastis.samplers import BatchSampler
 
 
 class ImportanceSampling(pl.Callback):

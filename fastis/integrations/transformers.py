@@ -38,11 +38,10 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from fastis.data import Batch, Draw, Indexed
+from fastis.data import Batch, Draw, Indexed, take_rows
 from fastis.distributed import Sharded
 from fastis.ops import Scores, cross_entropy_with_scores, sequence_scores
-from fastis.samplers._base import BatchSampler
-from fastis.samplers._pool import PoolSampler, take_rows
+from fastis.samplers import BatchSampler
 
 SAMPLER_FILE = "fastis_sampler.pt"
 _KEYS = ("fastis_index", "fastis_weight", "fastis_step")
@@ -95,7 +94,7 @@ class ImportanceSamplingMixin:
             raise TypeError(f"sampler must be a fastis sampler, got {type(sampler).__name__}")
         super().__init__(*args, **kwargs)
         self.sampler, self.loss_fn = sampler, loss_fn
-        self._pools = isinstance(getattr(sampler, "sampler", sampler), PoolSampler)
+        self._pools = sampler.scores_pools
         # The sampler resumes its own stream: skipping batches would skip twice.
         self.args.ignore_data_skip = True
         # compute_loss returns the micro-batch's mean: the Trainer divides it by the

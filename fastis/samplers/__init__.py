@@ -1,17 +1,17 @@
 """Samplers for the published importance-sampling methods, as DataLoader batch samplers.
 
-All follow one protocol (fastis.samplers._base): `DataLoader(fastis.data.Indexed(ds),
-batch_sampler=sampler)`, `len()`, `set_epoch()`, `update(batch, scores)`, `stats()`,
-`state_dict()` / `load_state_dict()` with exact resume. Pool methods (UpperBound, exact
-BiasedLoss) add `select(batch, scores)`.
+All follow one protocol, `BatchSampler` (fastis.samplers.base): `sampler.loader(ds)` (or
+`DataLoader(fastis.data.Indexed(ds), batch_sampler=sampler)`), `len()`, `set_epoch()`,
+`update(batch, scores)`, `stats()`, `state_dict()` / `load_state_dict()` with exact resume.
+Pool methods (`PoolSampler`: UpperBound, exact BiasedLoss) add `select(batch, scores)`.
 """
 
-from fastis.samplers._base import BatchSampler
-from fastis.samplers._pool import Pick
+from fastis.samplers.base import BatchSampler
 from fastis.samplers.biased_loss import BiasedLoss
 from fastis.samplers.high_loss_batches import HighLossBatches
 from fastis.samplers.importance import ImportanceSampler
-from fastis.samplers.loss_predictors import LSTMLossPredictor, PerClassGaussian
+from fastis.samplers.loss_predictors import LossPredictor, LSTMLossPredictor, PerClassGaussian
+from fastis.samplers.pool import Pick, PoolSampler
 from fastis.samplers.ras import RAS
 from fastis.samplers.soft_random import SoftRandom, Uniform
 from fastis.samplers.upper_bound import UpperBound
@@ -23,8 +23,10 @@ __all__ = [
     "HighLossBatches",
     "ImportanceSampler",
     "LSTMLossPredictor",
+    "LossPredictor",
     "PerClassGaussian",
     "Pick",
+    "PoolSampler",
     "SoftRandom",
     "Uniform",
     "UpperBound",

@@ -1,22 +1,22 @@
 """Katharopoulos & Fleuret 2017, "Biased Importance Sampling for Deep Neural Network
-Training" (ALGORITHMS.md 2).
+Training" (docs/methods.md).
 
 Score: the loss. Each step scores a uniform pool of P examples, draws b of them with
 replacement in proportion to the (smoothed) scores, and weights them
 
     w_i = 1 / (P g_i)  (unbiased),   w^_i = t * w_i^k,   t = sum_b w s / sum_b w^k s,
 
-t keeping the weighted loss on the unbiased estimator's scale (section 2.2). k = 1 is
-unbiased; k = 0 trains on loss-proportional samples without reweighting; in between, SGD
-follows the gradient of sum_i L_i^(2-k) / (2 - k), a soft maximum of the losses (section
-2.2, [D]). Default k = 0.5, the paper's recommendation.
+t keeping the weighted loss on the unbiased estimator's scale. k = 1 is unbiased; k = 0
+trains on loss-proportional samples without reweighting; in between, SGD follows the
+gradient of sum_i L_i^(2-k) / (2 - k), a soft maximum of the losses (our derivation).
+Default k = 0.5, the paper's recommendation.
 
 Two ways to score the pool:
   - exact (predictor=None): the model's forward on the pool, through `select()`, P = 256;
   - approximate (predictor="lstm" / "gaussian" / an object): a small model predicts each
     example's loss from its loss history and class, so the pool (P = 2048) is scored at draw
-    time without the big model, and batches arrive already weighted (section 2.3).
-Smoothing (section 2.4): `smoothing` = c is added to every score, or c * m, m an EMA (0.9)
+    time without the big model, and batches arrive already weighted.
+Smoothing: `smoothing` = c is added to every score, or c * m, m an EMA (0.9)
 of the mean pool score, with `adaptive_smoothing=True`.
 """
 
@@ -29,8 +29,12 @@ import numpy as np
 
 from fastis.data import Draw
 from fastis.samplers import loss_predictors
-from fastis.samplers._base import STREAM_DRAW, positive_int, step_generator
-from fastis.samplers._pool import PoolSampler, _resample, resample_probabilities
+from fastis.samplers.base import MAX_SCORE
+from fastis.samplers.draws import STREAM_DRAW, normalised, resample, step_generator
+from fastis.samplers.estimates import ema
+from fastis.samplers.pool import PoolSampler
+from fastis.samplers.state import Field, Float, Nested
+from fastis.validation import non_negative, real_number
 
 _PREDICTORS = {"lstm": loss_predictors.LSTMLossPredictor,
                "gaussian": loss_predictors.PerClassGaussian}
@@ -63,17 +67,13 @@ class BiasedLoss(PoolSampler):
         default_pool = 256 if predictor is None else 2048
         super().__init__(num_examples, batch_size,
                          pool_size=pool_size if pool_size is not None else default_pool,
-                         forward_batch_size=forward_batch_size, seed=seed)
-        self.k = float(k)
+                         forward_batch_size=forward_batch_size, seed=seed,
+                         steps_per_epoch=steps_per_epoch)
+        self.k = real_number(k, "k")
         if not (math.isfinite(self.k) and self.k <= 1):
             raise ValueError(f"k must be finite and <= 1, got {k}")
-        self.smoothing = float(smoothing)
-        if not (math.isfinite(self.smoothing) and self.smoothing >= 0):
-            raise ValueError(f"smoothing must be finite and >= 0, got {smoothing}")
+        self.smoothing = non_negative(smoothing, "smoothing")
         self.adaptive_smoothing = bool(adaptive_smoothing)
-        self._epoch_steps = (positive_int(steps_per_epoch, "steps_per_epoch")
-                             if steps_per_epoch is not None
-                             else -(-self.num_examples // self.batch_size))
         self.predictor_name = predictor if isinstance(predictor, str) or predictor is None \
             else type(predictor).__name__
         if isinstance(predictor, str):
@@ -99,21 +99,30 @@ class BiasedLoss(PoolSampler):
         if self.predictor is None:
             return self._draw_pool(step, rng)
         pool = rng.integers(0, self.num_examples, self.pool_size, dtype=np.int64)
-        scores = self._sampling_scores(np.asarray(self.predictor.predict(pool), np.float64))
-        rows = _resample(scores, self.batch_size, rng)
+        scores = self._sampling_scores(self._predicted(pool))
+        rows = resample(scores, self.batch_size, rng)
         return Draw(pool[rows], self._pool_weights(scores, rows).astype(np.float32), step)
 
     def _sampling_scores(self, scores: np.ndarray) -> np.ndarray:
         """Smoothed scores; with adaptive smoothing this also advances the mean's EMA."""
         if not self.adaptive_smoothing:
             return scores + self.smoothing
-        mean = float(scores.mean())
-        self._mean_score = mean if math.isnan(self._mean_score) else (
-            0.9 * self._mean_score + 0.1 * mean)
+        self._mean_score = ema(self._mean_score, float(scores.mean()), 0.9)
         return scores + self.smoothing * self._mean_score
 
+    def _predicted(self, pool: np.ndarray) -> np.ndarray:
+        """The predictor's scores of a pool, checked: a predictor that fails (NaN, inf or
+        out-of-range predictions) raises instead of silently drawing uniformly."""
+        predicted = np.asarray(self.predictor.predict(pool), np.float64)
+        if predicted.shape != pool.shape or not np.isfinite(predicted).all() or (
+                len(predicted) and (predicted.min() < 0 or predicted.max() > MAX_SCORE)):
+            raise ValueError(f"the loss predictor ({self.predictor_name}) returned invalid "
+                             f"scores (shape {list(predicted.shape)}, expected "
+                             f"[{len(pool)}], finite, in [0, {MAX_SCORE:g}])")
+        return predicted
+
     def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        unbiased = 1.0 / (len(scores) * resample_probabilities(scores)[rows])
+        unbiased = 1.0 / (len(scores) * normalised(scores)[rows])
         biased = unbiased ** self.k
         chosen = scores[rows]
         # t rescales to the unbiased estimator's loss scale; with all-zero scores the
@@ -125,7 +134,10 @@ class BiasedLoss(PoolSampler):
     # ------------------------------------------------------------------ feedback
     def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
         if self.predictor is None:
-            return  # the exact variant keeps no history
+            # The exact variant keeps no history; scores, when given, are still checked.
+            if scores is not None:
+                self.scores_of(scores, len(index))
+            return
         if scores is None:
             raise ValueError("BiasedLoss.update() needs the trained examples' losses to "
                              "train its loss predictor")
@@ -141,16 +153,15 @@ class BiasedLoss(PoolSampler):
             state["predictor"] = self.predictor.state_dict()
         return state
 
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        mean_score = float(state["mean_score"])
-        if self.predictor is not None and "predictor" not in state:
-            raise ValueError("corrupted BiasedLoss state: the predictor's state is missing")
-        before = self._pool_steps, self._picked
-        super()._load_method_state(state)
+    def _method_schema(self) -> dict[str, Field]:
+        schema = {**super()._method_schema(), "mean_score": Float(0.0, nan=True)}
         if self.predictor is not None:
-            try:  # the predictor checks its state before changing anything
-                self.predictor.load_state_dict(state["predictor"])
-            except Exception:
-                self._pool_steps, self._picked = before
-                raise
-        self._mean_score = mean_score
+            schema["predictor"] = Nested()
+        return schema
+
+    def _load_method_state(self, fields: dict[str, Any]) -> None:
+        if self.predictor is not None:
+            # The predictor checks its state entirely before changing anything.
+            self.predictor.load_state_dict(fields["predictor"])
+        super()._load_method_state(fields)
+        self._mean_score = fields["mean_score"]

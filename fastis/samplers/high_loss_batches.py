@@ -1,19 +1,20 @@
 """DyBAT: train on the delta-fraction of fixed mini-batches with the highest last-seen loss
 (Sahayam, Zakkam, Jayaraman, "Can we learn better with hard samples?", arXiv 2304.03486;
-official code github.com/imjohnzakkam/DyBAT `run.py:turbo_train`; ALGORITHMS.md 4).
+official code github.com/imjohnzakkam/DyBAT `run.py:turbo_train`; docs/methods.md).
 
 The data set is cut once into M = floor(N / b) batches that never change (the paper's
 DataLoader(shuffle=False, drop_last=True); `shuffle=True` cuts one fixed random partition
 instead). Pass 0 trains every batch in order and records each batch's mean loss. Every later
 pass sorts the batches by their stored loss, keeps the top K = max(1, floor(delta * M)) and
 trains them in batch-id order, overwriting their stored losses; the others keep their old,
-stale losses (ALGORITHMS.md 4.1). Passes run on across epoch boundaries; an epoch is M steps,
+stale losses. Passes run on across epoch boundaries; an epoch is M steps,
 so E epochs make the paper's budget of E * M steps. Weights are all 1: the method is
 deliberately biased toward high-loss batches.
 
 Unlike the official code, unselected batches are skipped at the sampler level (never read),
 and `refresh_after=r` (opt-in, off in paper mode) forces a batch that was not trained in the
-last r passes back into the next one, fixing the starvation of ALGORITHMS.md 4.4 (a).
+last r passes back into the next one, fixing the starvation of batches whose loss was low
+after pass 0 (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -25,13 +26,10 @@ import numpy as np
 import torch
 
 from fastis.data import Draw
-from fastis.samplers._base import (
-    STREAM_EPOCH,
-    BatchSampler,
-    positive_int,
-    probability,
-    step_generator,
-)
+from fastis.samplers.base import MAX_SCORE, BatchSampler
+from fastis.samplers.draws import STREAM_EPOCH, step_generator
+from fastis.samplers.state import MAX_STEP, Array, Field, Int, StateError
+from fastis.validation import positive_count, probability
 
 
 class HighLossBatches(BatchSampler):
@@ -67,7 +65,7 @@ class HighLossBatches(BatchSampler):
         self.delta = probability(delta, "delta", allow_zero=False)
         self.shuffle = bool(shuffle)
         self.refresh_after = (None if refresh_after is None
-                              else positive_int(refresh_after, "refresh_after"))
+                              else positive_count(refresh_after, "refresh_after"))
         self.num_batches = self.num_examples // self.batch_size  # M
         # K as in the official code, int(delta * M), but at least one batch per pass.
         self.batches_per_pass = max(1, math.floor(self.delta * self.num_batches))
@@ -79,7 +77,6 @@ class HighLossBatches(BatchSampler):
         self._partition = order.astype(np.int64).reshape(self.num_batches, self.batch_size)
         self._batch_of_example = np.full(self.num_examples, -1, dtype=np.int64)
         self._batch_of_example[self._partition] = np.arange(self.num_batches)[:, None]
-        self._ones = np.ones(self.batch_size, dtype=np.float32)
 
         m = self.num_batches
         self._losses = np.full(m, np.nan)  # last reported mean loss per batch (NaN: none)
@@ -110,7 +107,7 @@ class HighLossBatches(BatchSampler):
         """Batch ids of the pass being drawn, int64 [M] in pass 0, [K] later, increasing."""
         return self._selection.copy()
 
-    def _select(self, p: int) -> np.ndarray:
+    def _choose_pass(self, p: int) -> np.ndarray:
         """The batch ids of pass p (>= 1), chosen from the losses known now."""
         k = self.batches_per_pass
         # Unknown losses rank above every known one: a batch never reported is worth a look.
@@ -128,11 +125,11 @@ class HighLossBatches(BatchSampler):
         p, position = self.pass_of(step)
         if p != self._pass:
             # A new pass (or a jump by set_epoch): chosen now, from the losses known now.
-            selection = np.arange(self.num_batches) if p == 0 else self._select(p)
+            selection = np.arange(self.num_batches) if p == 0 else self._choose_pass(p)
             self._selection, self._pass = selection.astype(np.int64), p
             self._last_trained[selection] = p
         batch_id = self._selection[position]
-        return Draw(self._partition[batch_id].copy(), self._ones, step)
+        return Draw(self._partition[batch_id].copy(), np.ones(self.batch_size, np.float32), step)
 
     # ------------------------------------------------------------------ feedback
     def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
@@ -156,18 +153,13 @@ class HighLossBatches(BatchSampler):
         if hasattr(scores, self.score_field) and not isinstance(scores, (torch.Tensor,
                                                                         np.ndarray)):
             scores = getattr(scores, self.score_field)
-        if isinstance(scores, (bool, np.bool_, str, bytes)):
-            raise TypeError(f"the loss must be a number, got {type(scores).__name__}")
         if isinstance(scores, torch.Tensor) and scores.dim() == 0:
-            scores = scores.detach().to("cpu", torch.float64).item()
-        if np.ndim(scores) == 0:
-            try:
-                value = float(scores)
-            except (TypeError, ValueError) as err:
-                raise TypeError(f"the loss must be a number: {err}") from None
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"the loss must be finite and >= 0, got {value}")
-            return value
+            # The training loss itself (unweighted: DyBAT's weights are 1) is this method's
+            # score: detached here.
+            return float(self.scores_of(scores.detach().reshape(1), 1, name="the loss")[0])
+        if not isinstance(scores, torch.Tensor) and np.ndim(scores) == 0:
+            return float(self.scores_of([scores], 1, name="the loss")[0])
+        # The mean of scores <= MAX_SCORE cannot overflow.
         return float(self.scores_of(scores, size, name="losses").mean())
 
     # ------------------------------------------------------------------ reporting
@@ -190,34 +182,23 @@ class HighLossBatches(BatchSampler):
                 "last_trained": self._last_trained.copy(), "pass": self._pass,
                 "selection": self._selection.copy()}
 
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        m, k = self.num_batches, self.batches_per_pass
-        try:
-            losses = np.asarray(state["losses"], dtype=np.float64).copy()
-            loss_pass = np.asarray(state["loss_pass"]).copy()
-            last_trained = np.asarray(state["last_trained"]).copy()
-            current = state["pass"]
-            selection = np.asarray(state["selection"]).copy()
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"corrupted HighLossBatches state: {err}") from None
-        ints = (loss_pass, last_trained, selection)
-        if (losses.shape != (m,) or loss_pass.shape != (m,) or last_trained.shape != (m,)
-                or any(a.dtype.kind not in "iu" for a in ints) or selection.ndim != 1
-                or isinstance(current, bool) or not isinstance(current, (int, np.integer))):
-            raise ValueError(f"corrupted HighLossBatches state: expected losses float [{m}], "
-                             f"loss_pass and last_trained int [{m}], an int pass and an int "
-                             "selection")
-        current = int(current)
-        expected_size = {-1: 0, 0: m}.get(current, k)
-        if (current < -1 or len(selection) != expected_size
-                or (len(selection) and (selection.min() < 0 or selection.max() >= m))
-                or (np.diff(selection) <= 0).any()):
-            raise ValueError("corrupted HighLossBatches state: inconsistent pass or selection")
-        known = ~np.isnan(losses)
-        if ((losses[known] < 0).any() or np.isinf(losses).any() or (loss_pass < -1).any()
-                or (last_trained < -1).any() or (known != (loss_pass >= 0)).any()):
-            raise ValueError("corrupted HighLossBatches state: losses must be finite and >= 0 "
-                             "(NaN: unknown) and match their passes")
-        self._losses, self._loss_pass = losses, loss_pass.astype(np.int64)
-        self._last_trained = last_trained.astype(np.int64)
-        self._pass, self._selection = current, selection.astype(np.int64)
+    def _method_schema(self) -> dict[str, Field]:
+        m = self.num_batches
+        return {"losses": Array("float", (m,), low=0, high=MAX_SCORE, nan=True),
+                "loss_pass": Array("int", (m,), low=-1, high=MAX_STEP),
+                "last_trained": Array("int", (m,), low=-1, high=MAX_STEP),
+                "pass": Int(-1, MAX_STEP),
+                "selection": Array("int", (None,), low=0, high=m - 1)}
+
+    def _load_method_state(self, fields: dict[str, Any]) -> None:
+        losses, loss_pass, selection = fields["losses"], fields["loss_pass"], fields["selection"]
+        current = fields["pass"]
+        expected_size = {-1: 0, 0: self.num_batches}.get(current, self.batches_per_pass)
+        if len(selection) != expected_size or (np.diff(selection) <= 0).any():
+            raise StateError("corrupted HighLossBatches state: inconsistent pass or selection")
+        if (np.isnan(losses) == (loss_pass >= 0)).any():
+            raise StateError("corrupted HighLossBatches state: a loss without its pass, or a "
+                             "pass without its loss")
+        self._losses, self._loss_pass = losses, loss_pass
+        self._last_trained = fields["last_trained"]
+        self._pass, self._selection = current, selection

@@ -10,7 +10,7 @@ which is the distribution of the smoothed scores s_i + c mixed with uniform at w
 `floor`; both are mixtures with the uniform distribution, so a draw is a coin flip between
 the tree (O(log N)) and a uniform index, and p_i >= floor / N keeps every weight below
 1 / floor. The weights w_i = 1 / (N p_i) make the weighted loss an unbiased estimate of the
-full-data mean loss (ALGORITHMS.md, notation). Smoothing by a multiple of the *current*
+full-data mean loss (docs/methods.md). Smoothing by a multiple of the *current*
 mean score, c = a * S / N, gives u = a / (1 + a): it is `floor = a / (1 + a)`.
 
 Scores go through `power` (s ** gamma, gamma in (0, 1] flattens the distribution) before they
@@ -27,14 +27,11 @@ from typing import Any
 import numpy as np
 
 from fastis.data import Draw
-from fastis.samplers._base import (
-    STREAM_DRAW,
-    BatchSampler,
-    positive_int,
-    probability,
-    step_generator,
-)
+from fastis.samplers.base import MAX_SCORE, BatchSampler
+from fastis.samplers.draws import STREAM_DRAW, step_generator
+from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.structures import SumTree
+from fastis.validation import non_negative, probability
 
 
 class ImportanceSampler(BatchSampler):
@@ -61,9 +58,9 @@ class ImportanceSampler(BatchSampler):
                  smoothing: float = 0.0, floor: float = 0.0, power: float = 1.0,
                  score: str = "loss", invalid: str = "raise", steps_per_epoch: int | None = None,
                  seed: int | None = None) -> None:
-        super().__init__(num_examples, batch_size, seed=seed)
+        super().__init__(num_examples, batch_size, seed=seed, steps_per_epoch=steps_per_epoch)
         initial = self._initial_scores(initial_score)
-        self.smoothing = _non_negative(smoothing, "smoothing")
+        self.smoothing = non_negative(smoothing, "smoothing")
         self.floor = probability(floor, "floor", allow_one=False)
         self.power = probability(power, "power", allow_zero=False)
         if score not in ("loss", "grad_norm"):
@@ -71,9 +68,6 @@ class ImportanceSampler(BatchSampler):
         if invalid not in ("raise", "skip"):
             raise ValueError(f"invalid must be 'raise' or 'skip', got {invalid!r}")
         self.score_field, self.invalid = score, invalid
-        self._epoch_steps = (positive_int(steps_per_epoch, "steps_per_epoch")
-                             if steps_per_epoch is not None
-                             else -(-self.num_examples // self.batch_size))
         self._tree = SumTree(initial, seed=self.seed)
         self._stamp = np.full(self.num_examples, -1, np.int64)  # step of each score, -1: none
         self._num_scored = 0
@@ -81,7 +75,10 @@ class ImportanceSampler(BatchSampler):
 
     def _initial_scores(self, initial_score: Any) -> np.ndarray:
         if np.ndim(initial_score) == 0:
-            self.initial_score = _non_negative(initial_score, "initial_score")
+            self.initial_score = non_negative(initial_score, "initial_score")
+            if self.initial_score > MAX_SCORE:
+                raise ValueError(f"initial_score must be <= {MAX_SCORE:g}, got "
+                                 f"{self.initial_score}")
             return np.full(self.num_examples, self.initial_score)
         scores = self.scores_of(initial_score, self.num_examples, name="initial_score")
         # The configuration records a checksum: a state from other prior scores is refused.
@@ -145,7 +142,8 @@ class ImportanceSampler(BatchSampler):
         if self.invalid == "raise":
             return self.scores_of(scores, size)
         values = self.scores_of(scores, size, allow_invalid=True)
-        return np.where(np.isfinite(values) & (values >= 0), values, np.nan)
+        return np.where(np.isfinite(values) & (values >= 0) & (values <= MAX_SCORE), values,
+                        np.nan)
 
     def _stats(self) -> dict[str, float]:
         scored = self._num_scored
@@ -157,20 +155,20 @@ class ImportanceSampler(BatchSampler):
     def _method_state(self) -> dict[str, Any]:
         return {"tree": self._tree.state_dict(), "stamp": self._stamp.copy()}
 
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        stamp = np.asarray(state["stamp"], np.int64)
-        if stamp.shape != (self.num_examples,):
-            raise ValueError(f"state holds {stamp.shape} score stamps, expected "
-                             f"({self.num_examples},)")
+    def _method_schema(self) -> dict[str, Field]:
+        return {"tree": Nested(),
+                "stamp": Array("int", (self.num_examples,), low=-1, high=MAX_STEP)}
+
+    def _load_method_state(self, fields: dict[str, Any]) -> None:
+        stamp = fields["stamp"]
         tree = SumTree.zeros(self.num_examples, seed=0)  # the seed comes from the state
-        tree.load_state_dict(state["tree"])  # validates the tree's own state
+        try:
+            tree.load_state_dict(fields["tree"])  # validates the tree's own state
+        except (TypeError, OverflowError, IndexError) as err:
+            raise ValueError(f"corrupted ImportanceSampler state: tree: {err}") from None
+        weights = tree.weights().numpy()
+        if weights.max(initial=0.0) > MAX_SCORE:
+            raise ValueError(f"corrupted ImportanceSampler state: scores above {MAX_SCORE:g}")
         scored = stamp >= 0
-        self._tree, self._stamp = tree, stamp.copy()
+        self._tree, self._stamp = tree, stamp
         self._num_scored, self._stamp_sum = int(scored.sum()), int(stamp[scored].sum())
-
-
-def _non_negative(value: Any, name: str) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return value

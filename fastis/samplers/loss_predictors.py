@@ -1,4 +1,4 @@
-"""Per-example loss predictors for the approximate variant of KF17 (ALGORITHMS.md 2.3).
+"""Per-example loss predictors for the approximate variant of KF17 (docs/methods.md).
 
 Katharopoulos & Fleuret's biased loss sampling scores a pool of examples by their loss; the
 approximate variant replaces the forward pass of the big model with a small model that
@@ -27,8 +27,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastis._convert import as_count, as_indices, as_seed
-from fastis.samplers._state import check_state_header, state_header
+from fastis.samplers.state import (
+    HEADER,
+    Array,
+    Field,
+    Nested,
+    StateError,
+    check_state_header,
+    read_fields,
+    state_header,
+)
+from fastis.validation import as_count, as_indices, as_seed, positive_count, real_number
 
 __all__ = ["LSTMLossPredictor", "LossPredictor", "PerClassGaussian"]
 
@@ -44,7 +53,8 @@ _HISTORY_INIT = 1.0
 class LossPredictor:
     """Base of the loss predictors: label handling and the state_dict envelope.
 
-    Subclasses implement `predict`, `observe`, `_config`, `_state` and `_load_state`.
+    Subclasses implement `predict`, `observe`, `_config`, `_schema` (their state's fields,
+    declared once), `_state` and `_load_state`.
 
     Args:
         num_examples: N, the data set size (>= 1).
@@ -92,11 +102,15 @@ class LossPredictor:
     def _config(self) -> dict[str, Any]:
         return {"num_examples": self.num_examples, "num_classes": self.num_classes}
 
+    def _schema(self) -> dict[str, Field]:
+        raise NotImplementedError
+
     def _state(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _load_state(self, state: dict[str, Any]) -> None:
-        """Checks `state` entirely, then installs it (raise before changing anything)."""
+    def _load_state(self, fields: dict[str, Any]) -> None:
+        """Installs parsed fields (check their consistency first: raise before changing
+        anything)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -115,12 +129,12 @@ class LossPredictor:
         check_state_header(state, fmt=_STATE_FORMAT, version=_STATE_VERSION,
                            kind=type(self).__name__, config=self._config(),
                            what="loss-predictor")
-        labels = _array(state.get("labels"), np.int64, (self.num_examples,), "labels")
-        if not np.array_equal(labels, self.labels):
-            raise ValueError("the state_dict was made for another labelling of the examples")
-        if not isinstance(state.get("state"), dict):
-            raise ValueError("corrupted loss-predictor state_dict: no state")
-        self._load_state(state["state"])
+        fields = read_fields(state, {**HEADER, "state": Nested(),
+                                     "labels": Array("int", (self.num_examples,))},
+                             "loss-predictor")
+        if not np.array_equal(fields["labels"], self.labels):
+            raise StateError("the state_dict was made for another labelling of the examples")
+        self._load_state(read_fields(fields["state"], self._schema(), type(self).__name__))
 
 
 # ---------------------------------------------------------------------- per-class Gaussian
@@ -145,7 +159,7 @@ class PerClassGaussian(LossPredictor):
 
     def __init__(self, num_examples: int, labels: Any, *, momentum: float = 0.9) -> None:
         super().__init__(num_examples, labels)
-        momentum = float(momentum)
+        momentum = real_number(momentum, "momentum")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = momentum
@@ -227,15 +241,16 @@ class PerClassGaussian(LossPredictor):
                 "m2": torch.from_numpy(self._m2.copy()),
                 "weight": torch.from_numpy(self._weight.copy())}
 
-    def _load_state(self, state: dict[str, Any]) -> None:
-        shape = (self.num_classes,)
-        m1 = _array(state.get("m1"), np.float64, shape, "m1")
-        m2 = _array(state.get("m2"), np.float64, shape, "m2")
-        weight = _array(state.get("weight"), np.float64, shape, "weight")
-        if ((weight < 0) | (weight >= 1.0 + 1e-12)).any() or not (
-                np.isfinite(m1).all() and np.isfinite(m2).all()):
-            raise ValueError("corrupted PerClassGaussian state_dict: values out of range")
-        self._m1, self._m2, self._weight = m1.copy(), m2.copy(), weight.copy()
+    def _schema(self) -> dict[str, Field]:
+        k = (self.num_classes,)
+        # The EMAs of losses in [0, MAX_SCORE] (and their squares); their total weight is
+        # 1 - momentum^n, in [0, 1).
+        return {"m1": Array("float", k, low=0, high=1e30), "m2": Array("float", k, low=0,
+                                                                     high=1e60),
+                "weight": Array("float", k, low=0, high=1.0)}
+
+    def _load_state(self, fields: dict[str, Any]) -> None:
+        self._m1, self._m2, self._weight = fields["m1"], fields["m2"], fields["weight"]
         self._scores = None
 
 
@@ -310,10 +325,10 @@ class LSTMLossPredictor(LossPredictor):
                  embedding: int = 32, lr: float = 1e-3, log_space: bool = False,
                  seed: int | None = 0) -> None:
         super().__init__(num_examples, labels)
-        self.history_size = _positive(history, "history")
-        self.hidden = _positive(hidden, "hidden")
-        self.embedding = _positive(embedding, "embedding")
-        self.lr = float(lr)
+        self.history_size = positive_count(history, "history")
+        self.hidden = positive_count(hidden, "hidden")
+        self.embedding = positive_count(embedding, "embedding")
+        self.lr = real_number(lr, "lr")
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {lr}")
         self.log_space = bool(log_space)
@@ -411,78 +426,58 @@ class LSTMLossPredictor(LossPredictor):
             "optimizer": copy.deepcopy(self._optimizer.state_dict()),
         }
 
-    def _load_state(self, state: dict[str, Any]) -> None:
-        shape = (self.num_examples, self.history_size)
-        history = _array(state.get("history"), np.float32, shape, "history")
-        counts = _array(state.get("counts"), np.int64, shape[:1], "counts")
-        if ((counts < 1) | (counts > self.history_size)).any():
-            raise ValueError(f"corrupted LSTMLossPredictor state_dict: counts outside "
-                             f"[1, {self.history_size}]")
-        model = state.get("model")
+    def _schema(self) -> dict[str, Field]:
+        n, h = self.num_examples, self.history_size
+        return {"history": Array("float32", (n, h), low=0, high=1e30),
+                "counts": Array("int", (n,), low=1, high=h),
+                "model": Nested(), "optimizer": Nested()}
+
+    def _load_state(self, fields: dict[str, Any]) -> None:
+        model, optimizer = fields["model"], fields["optimizer"]
         mine = self._net.state_dict()
-        if not isinstance(model, dict) or set(model) != set(mine):
-            raise ValueError("corrupted LSTMLossPredictor state_dict: model parameters differ")
+        if set(model) != set(mine):
+            raise StateError("corrupted LSTMLossPredictor state_dict: model parameters differ")
         for name, value in model.items():
             if not isinstance(value, torch.Tensor) or value.shape != mine[name].shape:
-                raise ValueError(f"LSTMLossPredictor state_dict: model.{name} has shape "
+                raise StateError(f"LSTMLossPredictor state_dict: model.{name} has shape "
                                  f"{_shape_of(value)}, expected {list(mine[name].shape)}")
-        optimizer = state.get("optimizer")
+            if not torch.isfinite(value).all():
+                raise StateError(f"LSTMLossPredictor state_dict: model.{name} holds NaN or "
+                                 "infinite values")
         _check_adam_state(optimizer, [p.shape for p in self._net.parameters()])
 
         # Everything checked: install. The optimizer state is copied because Adam updates
         # its tensors in place, and load_state_dict would otherwise adopt the caller's.
         self._net.load_state_dict(model)
         self._optimizer.load_state_dict(copy.deepcopy(optimizer))
-        self._history = history.copy()
-        self._counts = counts.copy()
+        self._history, self._counts = fields["history"], fields["counts"]
 
 
 # ---------------------------------------------------------------------- helpers
-def _positive(value: Any, name: str) -> int:
-    value = as_count(value, name)
-    if value == 0:
-        raise ValueError(f"{name} must be >= 1, got 0")
-    return value
-
-
 def _shape_of(value: Any) -> Any:
     return list(value.shape) if hasattr(value, "shape") else type(value).__name__
-
-
-def _array(value: Any, dtype: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """`value` (tensor or array from a state_dict) as a numpy array of `dtype` and exactly
-    `shape`; ValueError otherwise. May share memory with `value`: copy before keeping."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray) or value.shape != shape:
-        raise ValueError(f"loss-predictor state_dict: {name} has shape {_shape_of(value)}, "
-                         f"expected {list(shape)}")
-    if np.dtype(dtype).kind == "i" and value.dtype.kind not in "iu":
-        raise ValueError(f"loss-predictor state_dict: {name} must hold integers, "
-                         f"got {value.dtype}")
-    return value.astype(dtype, copy=False)
 
 
 def _check_adam_state(state: Any, shapes: list[torch.Size]) -> None:
     """ValueError unless `state` is an Adam state_dict for parameters of `shapes`."""
     bad = "corrupted LSTMLossPredictor state_dict: optimizer "
     if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
-        raise ValueError(bad + "state is not an optimizer state_dict")
+        raise StateError(bad + "state is not an optimizer state_dict")
     groups = state["param_groups"]
     if len(groups) != 1 or not isinstance(groups[0], dict) \
             or list(groups[0].get("params", ())) != list(range(len(shapes))):
-        raise ValueError(bad + "param_groups do not match the model")
+        raise StateError(bad + "param_groups do not match the model")
     per_param = state.get("state")
     if not isinstance(per_param, dict) or not set(per_param) <= set(range(len(shapes))):
-        raise ValueError(bad + "state does not match the model")
+        raise StateError(bad + "state does not match the model")
     for i, entry in per_param.items():
         if not isinstance(entry, dict):
-            raise ValueError(bad + f"state[{i}] is not a dict")
+            raise StateError(bad + f"state[{i}] is not a dict")
         for key in ("exp_avg", "exp_avg_sq"):
             value = entry.get(key)
             if not isinstance(value, torch.Tensor) or value.shape != shapes[i]:
-                raise ValueError(bad + f"state[{i}][{key!r}] has shape {_shape_of(value)}, "
+                raise StateError(bad + f"state[{i}][{key!r}] has shape {_shape_of(value)}, "
                                  f"expected {list(shapes[i])}")
         if "step" not in entry:
-            raise ValueError(bad + f"state[{i}] has no step")
+            raise StateError(bad + f"state[{i}] has no step")
 

@@ -1,14 +1,13 @@
 """RAS: minimum-variance adaptive sampling over groups, regularised toward the group prior
-(Rojas-Dominguez et al., Soft Computing 27(18), 2023; ALGORITHMS.md 3).
+(Rojas-Dominguez et al., Soft Computing 27(18), 2023; docs/methods.md).
 
 The paper's full text was not reachable: this is AS (Gopal, ICML 2016) plus the prior-mixture
-regulariser, a reconstruction ([R] items of ALGORITHMS.md 3.2-3.3, option 1).
+regulariser, a reconstruction (docs/methods.md says which parts are ours).
 
 Each example belongs to a group c = 1..K (a class label or any integer side information),
 n_c = |group c|, pi_c = n_c / N. A step draws b groups from q, then one member uniformly
 inside each group, so example i of group c has probability q_c / n_c per draw and the weight
-w_i = n_c / (N q_c) makes the weighted batch mean an unbiased estimate of the full mean
-(ALGORITHMS.md 3.2 [D]).
+w_i = n_c / (N q_c) makes the weighted batch mean an unbiased estimate of the full mean.
 
 Minimising the trace of that estimator's variance, sum_c pi_c^2 E_c||G||^2 / q_c, over the
 simplex gives q^AS_c ∝ n_c sqrt(E_c||G||^2) (Lagrange: pi_c^2 E_c / q_c^2 = const). E_c||G||^2
@@ -16,26 +15,22 @@ is unknown; V_c, an EMA of the batch mean of the squared KF18 gradient-norm boun
 group's drawn examples, stands in for it. AS alone starves groups whose q_c becomes small
 (their V_c is never refreshed, their weights explode); RAS mixes in the prior,
 q = (1 - mix) q^AS + mix pi, so q_c >= mix pi_c, every weight is at most 1 / mix and every
-group keeps being visited (ALGORITHMS.md 3.3).
+group keeps being visited.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
-from fastis._convert import as_indices
 from fastis.data import Draw
-from fastis.samplers._base import (
-    STREAM_DRAW,
-    BatchSampler,
-    positive_int,
-    probability,
-    step_generator,
-)
+from fastis.samplers.base import BatchSampler
+from fastis.samplers.draws import STREAM_DRAW, resample, step_generator
+from fastis.samplers.estimates import ema
+from fastis.samplers.state import Array, Field, StateError
+from fastis.validation import as_indices, positive_count, probability
 
 
 class RAS(BatchSampler):
@@ -47,10 +42,10 @@ class RAS(BatchSampler):
         groups: int tensor / array / sequence [N], the group id of each example (class labels
             or any integer side information; ids need not be contiguous).
         mix: lambda in [0, 1], the weight of the prior pi in q. Default 0.3 is our choice
-            [R]: the paper's value is unknown; sweep {0.1, 0.3, 0.5}. It bounds every weight
+            (the paper's value is unknown; sweep {0.1, 0.3, 0.5}). It bounds every weight
             by 1 / mix. mix = 0 is plain AS (unbounded weights, starvation); mix = 1 is
             uniform instance sampling.
-        momentum: beta in [0, 1), the EMA factor of V_c (ALGORITHMS.md 3.3 suggests 0.9).
+        momentum: beta in [0, 1), the EMA factor of V_c (default 0.9).
         steps_per_epoch: len() of the sampler (default ceil(N / b)).
         seed: the stream's seed (None: drawn from torch's global generator).
 
@@ -67,7 +62,7 @@ class RAS(BatchSampler):
     def __init__(self, num_examples: int, batch_size: int, *, groups: Any, mix: float = 0.3,
                  momentum: float = 0.9, steps_per_epoch: int | None = None,
                  seed: int | None = None) -> None:
-        super().__init__(num_examples, batch_size, seed=seed)
+        super().__init__(num_examples, batch_size, seed=seed, steps_per_epoch=steps_per_epoch)
         ids = as_indices(groups, "groups").astype(np.int64, copy=False)
         if len(ids) != self.num_examples:
             raise ValueError(f"groups must hold one id per example ({self.num_examples}), got "
@@ -75,8 +70,7 @@ class RAS(BatchSampler):
         self.mix = probability(mix, "mix")
         self.momentum = probability(momentum, "momentum", allow_one=False)
         self.steps_per_epoch = (None if steps_per_epoch is None
-                                else positive_int(steps_per_epoch, "steps_per_epoch"))
-        self._epoch_steps = self.steps_per_epoch or math.ceil(self.num_examples / self.batch_size)
+                                else positive_count(steps_per_epoch, "steps_per_epoch"))
 
         # Ids -> 0..K-1 in increasing id order; members of each group sorted, group after group.
         self.group_ids, self._group_of = np.unique(ids, return_inverse=True)
@@ -121,12 +115,7 @@ class RAS(BatchSampler):
     def _draw(self, step: int) -> Draw:
         q = self.group_distribution()
         rng = step_generator(self.seed, step, STREAM_DRAW)
-        cumulative = np.cumsum(q)
-        u = rng.random(self.batch_size) * cumulative[-1]
-        # side="right" skips groups of zero probability (possible only with mix = 0); a u that
-        # rounds up to the total is sent to the last group that can be drawn.
-        c = np.searchsorted(cumulative, u, side="right")
-        c = np.minimum(c, np.flatnonzero(q > 0)[-1])
+        c = resample(q, self.batch_size, rng)  # groups of zero probability (mix = 0) never
         member = rng.integers(0, self.group_sizes[c])
         index = self._members[self._offsets[c] + member]
         weight = (self.group_sizes[c] / (self.num_examples * q[c])).astype(np.float32)
@@ -138,10 +127,7 @@ class RAS(BatchSampler):
             raise ValueError("RAS.update() needs scores: the per-example gradient-norm bound "
                              "(a float [b] tensor or a fastis.ops.Scores)")
         values = self.scores_of(scores, len(index))
-        with np.errstate(over="ignore"):  # an overflow is reported below, as a ValueError
-            squares = values * values
-        if not np.isfinite(squares).all():
-            raise ValueError("scores are too large: their squares overflow float64")
+        squares = values * values  # scores <= MAX_SCORE: no overflow, even summed
         if len(index) == 0:
             return
         group = self._group_of[index]
@@ -151,10 +137,8 @@ class RAS(BatchSampler):
         mean = mean / count[present]
         # The first observation of a group initialises V_c (no bias toward the 0 start);
         # later ones move it by one EMA step per batch.
-        old = self._v[present]
-        fresh = ~self._observed[present]
-        self._v[present] = np.where(fresh, mean,
-                                    self.momentum * old + (1.0 - self.momentum) * mean)
+        old = np.where(self._observed[present], self._v[present], np.nan)
+        self._v[present] = ema(old, mean, self.momentum)
         self._observed[present] = True
 
     # ------------------------------------------------------------------ reporting
@@ -176,17 +160,13 @@ class RAS(BatchSampler):
     def _method_state(self) -> dict[str, Any]:
         return {"second_moments": self._v.copy(), "observed": self._observed.copy()}
 
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        try:
-            v = np.asarray(state["second_moments"], dtype=np.float64).copy()
-            observed = np.asarray(state["observed"]).copy()
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"corrupted RAS state: {err}") from None
+    def _method_schema(self) -> dict[str, Field]:
         k = self.num_groups
-        if v.shape != (k,) or observed.shape != (k,) or observed.dtype != np.bool_:
-            raise ValueError(f"corrupted RAS state: expected second_moments float [{k}] and "
-                             f"observed bool [{k}]")
-        if not np.isfinite(v).all() or (v < 0).any() or (v[~observed] != 0).any():
-            raise ValueError("corrupted RAS state: second_moments must be finite, >= 0, and 0 "
-                             "for unobserved groups")
+        return {"second_moments": Array("float", (k,), low=0), "observed": Array("bool", (k,))}
+
+    def _load_method_state(self, fields: dict[str, Any]) -> None:
+        v, observed = fields["second_moments"], fields["observed"]
+        if (v[~observed] != 0).any():
+            raise StateError("corrupted RAS state: second_moments must be 0 for unobserved "
+                             "groups")
         self._v, self._observed = v, observed

@@ -2,7 +2,7 @@
 uniform baseline, which is the special case rate = 1.
 
 SRS: each epoch draws round(rate * N) indices uniformly *with* replacement and trains on
-them in batches; one epoch covers about 1 - e^-rate of the data (ALGORITHMS.md 5.2).
+them in batches; one epoch covers about 1 - e^-rate of the data (docs/methods.md).
 RS2 (Okanovic et al., ICLR 2024; `replacement=False`): each epoch takes the next
 round(rate * N) indices of a random permutation of the data, drawing a new permutation each
 time the previous one is used up, so every example is seen once per 1/rate epochs.
@@ -16,7 +16,9 @@ import math
 import numpy as np
 
 from fastis.data import Draw
-from fastis.samplers._base import STREAM_EPOCH, BatchSampler, probability, step_generator
+from fastis.samplers.base import BatchSampler
+from fastis.samplers.draws import STREAM_EPOCH, step_generator
+from fastis.validation import probability
 
 
 class SoftRandom(BatchSampler):
@@ -43,7 +45,6 @@ class SoftRandom(BatchSampler):
         self._epoch_steps = max(1, rounding(self.epoch_size / self.batch_size))
         self._order_epoch = -1
         self._order = np.empty(0, np.int64)
-        self._ones = np.ones(self.batch_size, np.float32)
 
     def _config(self) -> dict:
         return {**super()._config(), "rate": self.rate, "replacement": self.replacement,
@@ -53,8 +54,9 @@ class SoftRandom(BatchSampler):
         epoch, position = divmod(step, self._epoch_steps)
         if epoch != self._order_epoch:
             self._order, self._order_epoch = self._epoch_order(epoch), epoch
-        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
-        return Draw(index, self._ones[:len(index)], step)
+        # Each draw owns its arrays: a caller changing one changes no other batch.
+        index = self._order[position * self.batch_size:(position + 1) * self.batch_size].copy()
+        return Draw(index, np.ones(len(index), np.float32), step)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """The epoch's indices in training order, int64 [epoch_size]."""

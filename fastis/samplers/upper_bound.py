@@ -1,12 +1,12 @@
-"""Katharopoulos & Fleuret 2018, "Not All Samples Are Created Equal" (ALGORITHMS.md 1).
+"""Katharopoulos & Fleuret 2018, "Not All Samples Are Created Equal" (docs/methods.md).
 
 Score: the gradient-norm upper bound ||softmax(z) - onehot(y)|| (fastis.ops
 cross_entropy_scores(...).grad_norm). A step either trains on b uniform examples, or, while
 importance sampling pays off, presamples a uniform pool of B = presample * b, scores it with
 a forward pass, and trains on b drawn from it with replacement in proportion to the scores,
-with weights 1 / (B g) (section 1.2).
+with weights 1 / (B g).
 
-The switch (section 1.3): tau = EMA_0.9 of sqrt(|U| sum g^2) = RMS(s) / mean(s) over the
+The switch: tau = EMA_0.9 of sqrt(|U| sum g^2) = RMS(s) / mean(s) over the
 scored set (the pool on importance steps, the trained batch on uniform ones; tau starts at
 0, an implicit warm-up), and importance sampling runs while tau > tau_th. tau^2 is the
 factor by which importance sampling would cut the gradient estimator's second moment if the
@@ -29,8 +29,11 @@ from typing import Any
 import numpy as np
 
 from fastis.data import Draw
-from fastis.samplers._base import STREAM_DRAW, positive_int, probability, step_generator
-from fastis.samplers._pool import PoolSampler, resample_probabilities
+from fastis.samplers.draws import STREAM_DRAW, normalised, step_generator
+from fastis.samplers.estimates import ema
+from fastis.samplers.pool import PoolSampler
+from fastis.samplers.state import MAX_STEP, Field, Float, Int
+from fastis.validation import probability, real_number
 
 
 class UpperBound(PoolSampler):
@@ -55,21 +58,21 @@ class UpperBound(PoolSampler):
                  tau_th: float | None = None, momentum: float = 0.9, cost: str = "paper",
                  reuse_forward: bool = False, forward_batch_size: int | None = None,
                  steps_per_epoch: int | None = None, seed: int | None = None) -> None:
-        presample = float(presample)
-        if not presample >= 1:
-            raise ValueError(f"presample must be >= 1, got {presample}")
+        presample = real_number(presample, "presample")
+        if not (math.isfinite(presample) and presample >= 1):
+            raise ValueError(f"presample must be finite and >= 1, got {presample}")
         super().__init__(num_examples, batch_size, pool_size=round(presample * batch_size),
-                         forward_batch_size=forward_batch_size, seed=seed)
-        if tau_th is not None and not (math.isfinite(tau_th) and tau_th >= 1):
-            raise ValueError(f"tau_th must be finite and >= 1 (tau is >= 1), got {tau_th}")
+                         forward_batch_size=forward_batch_size, seed=seed,
+                         steps_per_epoch=steps_per_epoch)
+        if tau_th is not None:
+            tau_th = real_number(tau_th, "tau_th")
+            if not (math.isfinite(tau_th) and tau_th >= 1):
+                raise ValueError(f"tau_th must be finite and >= 1 (tau is >= 1), got {tau_th}")
         if cost not in ("paper", "measured"):
             raise ValueError(f"cost must be 'paper' or 'measured', got {cost!r}")
         self.presample, self.tau_th, self.cost = presample, tau_th, cost
         self.momentum = probability(momentum, "momentum", allow_one=False)
         self.reuse_forward = bool(reuse_forward)
-        self._epoch_steps = (positive_int(steps_per_epoch, "steps_per_epoch")
-                             if steps_per_epoch is not None
-                             else -(-self.num_examples // self.batch_size))
         self.tau = 0.0
         self._forward_cost = math.nan  # seconds per example, scoring forward (EMA)
         self._step_cost = math.nan  # seconds per example, training step (EMA)
@@ -106,17 +109,18 @@ class UpperBound(PoolSampler):
         return Draw(index, np.ones(self.batch_size, np.float32), step)
 
     def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return 1.0 / (self.pool_size * resample_probabilities(scores)[rows])
+        return 1.0 / (self.pool_size * normalised(scores)[rows])
 
-    def _pool_scored(self, scores: np.ndarray) -> None:
+    def _pool_scored(self, scores: np.ndarray, forward_seconds: float | None) -> None:
         self._update_tau(scores)
-        if self.last_forward_seconds:
-            self._forward_cost = _ema(self._forward_cost, self.last_forward_seconds / len(scores))
-            self.last_forward_seconds = 0.0
+        if forward_seconds:
+            self._forward_cost = ema(self._forward_cost, forward_seconds / len(scores), 0.9)
 
     def _update_tau(self, scores: np.ndarray) -> None:
-        g = resample_probabilities(scores)
-        # tau's update, ALGORITHMS.md 1.3: (1 - ||g - u||^2 / ||g||^2)^(-1/2) = sqrt(|U| sum g^2).
+        if len(scores) == 0:
+            return  # an empty batch says nothing about the scores' spread
+        g = normalised(scores)
+        # tau's update (docs/methods.md): (1 - ||g - u||^2 / ||g||^2)^(-1/2) = sqrt(|U| sum g^2).
         self.tau = self.momentum * self.tau + (1 - self.momentum) * math.sqrt(
             len(g) * float(g @ g))
 
@@ -126,8 +130,8 @@ class UpperBound(PoolSampler):
                              "(they drive tau on uniform steps)")
         values = self.scores_of(scores, len(index))
         seconds = self._training_seconds(step)
-        if seconds is not None:
-            self._step_cost = _ema(self._step_cost, seconds / len(index))
+        if seconds is not None and len(index):
+            self._step_cost = ema(self._step_cost, seconds / len(index), 0.9)
         if step not in self._pool_steps:
             self._update_tau(values)
 
@@ -141,15 +145,13 @@ class UpperBound(PoolSampler):
                 "forward_cost": self._forward_cost, "step_cost": self._step_cost,
                 "importance_steps": self._importance_steps}
 
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        tau, importance_steps = float(state["tau"]), int(state["importance_steps"])
-        costs = float(state["forward_cost"]), float(state["step_cost"])
-        if not (math.isfinite(tau) and tau >= 0):
-            raise ValueError(f"corrupted UpperBound state: tau = {tau}")
-        super()._load_method_state(state)
-        self.tau, self._importance_steps = tau, importance_steps
-        self._forward_cost, self._step_cost = costs
+    def _method_schema(self) -> dict[str, Field]:
+        # tau is 0 before any score, else an EMA of values in [1, sqrt(|U|)].
+        return {**super()._method_schema(), "tau": Float(0.0, math.sqrt(self.pool_size) + 1),
+                "forward_cost": Float(0.0, nan=True), "step_cost": Float(0.0, nan=True),
+                "importance_steps": Int(0, MAX_STEP)}
 
-
-def _ema(average: float, value: float, momentum: float = 0.9) -> float:
-    return value if math.isnan(average) else momentum * average + (1 - momentum) * value
+    def _load_method_state(self, fields: dict[str, Any]) -> None:
+        super()._load_method_state(fields)
+        self.tau, self._importance_steps = fields["tau"], fields["importance_steps"]
+        self._forward_cost, self._step_cost = fields["forward_cost"], fields["step_cost"]

@@ -2,7 +2,7 @@
 logits in BLOCK-wide tiles, with the online-softmax statistics (running max m, d = sum e^(z-m),
 and, with the target masked out, d_y and q_y = sum e^(2(z-m)) as squares of the same
 exponentials: no second exp) rescaled whenever the max moves (Milakov & Gimelshein 2018).
-The finish is the reference's (fastis/reference.py, via _row_stats.finish). Row offsets are
+The finish is the reference's (fastis/ops/reference.py, via row_stats.finish). Row offsets are
 int64, and the launcher never synchronises with the device."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastis.triton_kernels.row_stats import LOG1P_GAP, finish, fold_tile
 
-from fastis.reference import Scores
-from fastis.triton_kernels._row_stats import LOG1P_GAP, finish, fold_tile
+from fastis.ops.types import Scores
 
 
 @triton.jit
@@ -72,7 +72,7 @@ def cross_entropy_scores(
     block: int | None = None,
     lse_out: torch.Tensor | None = None,
 ) -> Scores:
-    """The Triton twin of fastis.reference.cross_entropy_scores (same arguments and result;
+    """The Triton twin of fastis.ops.reference.cross_entropy_scores (same arguments and result;
     inputs already validated; lse_out, float32 [M], receives each row's log-sum-exp).
     block: the tile width (a power of two), by default up to 4,096 classes at a time."""
     count = target.shape[0]

@@ -1,5 +1,7 @@
-"""Turning user input (numpy arrays, torch CPU tensors, Python sequences) into the 1-D
-contiguous numpy arrays the C++ core reads, with errors that name the problem.
+"""Checking user input, with errors that name the problem: the arrays the C++ core reads
+(numpy arrays, torch CPU tensors or Python sequences turned into 1-D contiguous numpy
+arrays) and the scalar settings of every class (counts, seeds, non-negative numbers,
+probabilities).
 
 Contiguous float32/float64 weights and int32/int64 indices pass through without a copy;
 anything else is converted once.
@@ -7,6 +9,8 @@ anything else is converted once.
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Any
 
@@ -83,6 +87,9 @@ def as_count(k: Any, name: str = "k") -> int:
         raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
     if isinstance(k, torch.Tensor) and (k.is_floating_point() or k.dtype == torch.bool):
         raise TypeError(f"{name} must be an integer, got a {k.dtype} tensor")
+    if isinstance(k, (torch.Tensor, np.ndarray)) and k.ndim != 0:
+        raise TypeError(f"{name} must be a single integer, got an array of shape "
+                        f"{tuple(k.shape)}")
     try:
         value = operator.index(k)
     except TypeError:
@@ -100,4 +107,41 @@ def as_seed(seed: Any) -> int:
     value = as_count(seed, "seed")
     if value >= 2**64:
         raise ValueError(f"seed must be below 2**64, got {value}")
+    return value
+
+
+def positive_count(value: Any, name: str) -> int:
+    """An integer >= 1 (bools and floats refused)."""
+    value = as_count(value, name)
+    if value == 0:
+        raise ValueError(f"{name} must be >= 1, got 0")
+    return value
+
+
+def real_number(value: Any, name: str) -> float:
+    """A Python float from a real number (bools, strings, complex numbers refused)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def non_negative(value: Any, name: str) -> float:
+    """A finite float >= 0."""
+    value = real_number(value, name)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def probability(value: Any, name: str, *, allow_zero: bool = True,
+                allow_one: bool = True) -> float:
+    """A float in [0, 1], with either end excluded on request."""
+    value = real_number(value, name)
+    low_ok = value > 0 or (allow_zero and value == 0)
+    high_ok = value < 1 or (allow_one and value == 1)
+    if not (low_ok and high_ok):
+        low, high = ("[0" if allow_zero else "(0"), ("1]" if allow_one else "1)")
+        raise ValueError(f"{name} must be in {low}, {high}, got {value}")
     return value

@@ -1,13 +1,13 @@
 """Triton helpers both scoring kernels share: folding a tile of logits into the per-row
 online-softmax statistics, and finishing them into the loss and gradient norm, exactly as
-fastis/reference.py does (see its docstring for the precision choices)."""
+fastis/ops/reference.py does (see its docstring for the precision choices)."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-# See fastis/reference.py: below this gap m - z_y the loss is log1p(d_y * e^gap).
+# See fastis/ops/reference.py: below this gap m - z_y the loss is log1p(d_y * e^gap).
 LOG1P_GAP = 60.0
 
 

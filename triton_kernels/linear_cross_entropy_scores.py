@@ -2,7 +2,7 @@
 logits hidden @ weight^T a BLOCK_N x BLOCK_C tile at a time on chip (tl.dot over D in BLOCK_D
 steps) and folds each tile into per-row online-softmax statistics (max m, d, and with the
 target masked out d_y and q_y), so the [N, C] logits are never written to memory. The
-finish is the reference's (fastis/reference.py), plus the exact last-layer norm
+finish is the reference's (fastis/ops/reference.py), plus the exact last-layer norm
 grad_norm * sqrt(||h||^2 (+ 1 with a bias)) (Goodfellow 2015: one example's gradient w.r.t.
 W is the rank-1 (p - e_y) h^T)."""
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastis.triton_kernels.row_stats import LOG1P_GAP, finish, fold_tile
 
-from fastis.reference import LinearScores
-from fastis.triton_kernels._row_stats import LOG1P_GAP, finish, fold_tile
+from fastis.ops.types import LinearScores
 
 
 @triton.jit
@@ -123,7 +123,7 @@ def linear_cross_entropy_scores(
     block_c: int | None = None,
     block_d: int | None = None,
 ) -> LinearScores:
-    """The Triton twin of fastis.reference.linear_cross_entropy_scores (same arguments and
+    """The Triton twin of fastis.ops.reference.linear_cross_entropy_scores (same arguments and
     result; inputs already validated). Tile sizes are powers of two, at least 16; the
     defaults are 64 x 128 x 64 on a GPU (not yet tuned on one) and 32 x 64 x 32 in the
     interpreter."""

@@ -1,11 +1,14 @@
-"""Pure-PyTorch implementations of the scoring ops: the CPU path of `fastis.ops`, the oracle
-the Triton kernels are tested against, and the baseline they are benchmarked against.
+"""The "reference" backend of the scoring ops: pure PyTorch, on every device. It is the CPU
+path of `fastis.ops` for large inputs, the oracle the Triton kernels are tested against, and
+the baseline they are benchmarked against.
 
-Every function takes already-validated inputs (`fastis.ops` checks them) and works in
-float32 on row chunks, so its extra memory stays bounded (about three chunk-sized float32
-tensors, `chunk_elements` entries each) whatever N and C are.
+Like every backend it takes inputs whose types, shapes and devices `fastis.ops` checked.
+With `validate=False` the values of targets and rows were not checked: a row whose target or
+row index is out of range scores NaN and its row is never read. Work is done in float32 on
+row chunks, so the extra memory stays bounded (about three chunk-sized float32 tensors,
+`chunk_elements` entries each) whatever N and C are.
 
-The math, for one row with logits z (C classes) and target y (KERNELS.md section 0):
+The math, for one row with logits z (C classes) and target y (docs/scoring.md):
     m = max_j z_j,  d = sum_j e^(z_j - m),  lse = m + log d,  p = softmax(z)
     loss = lse - z_y
     grad_norm^2 = ||p - onehot(y)||^2 = (1 - p_y)^2 + sum_{j != y} p_j^2
@@ -24,6 +27,11 @@ from typing import NamedTuple
 
 import torch
 
+from fastis.ops.types import LinearScores, Scores
+
+# fastis.ops checks target and row values for this backend (when validate is on).
+CHECKS_LOGITS_VALUES = False
+
 # Rows per chunk are chosen so a chunk holds about this many logits (float32: 16 MiB).
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
@@ -32,19 +40,8 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 _LOG1P_GAP = 60.0
 
 
-class Scores(NamedTuple):
-    """Per-example scores; float32 tensors [N] on the input's device."""
-
-    loss: torch.Tensor  # cross-entropy loss; 0 for ignored rows
-    grad_norm: torch.Tensor  # ||softmax(z) - onehot(y)||_2; 0 for ignored rows
-
-
-class LinearScores(NamedTuple):
-    """Per-example scores of a linear layer followed by cross-entropy; float32 [N]."""
-
-    loss: torch.Tensor
-    grad_norm: torch.Tensor  # w.r.t. the logits
-    weight_grad_norm: torch.Tensor  # exact per-example ||d loss / d (W, b)||_F
+def runs_on(device: torch.device) -> bool:
+    return True
 
 
 def _chunk_rows(num_classes: int, chunk_elements: int) -> int:
@@ -117,28 +114,40 @@ def _finish(s: _RowStats) -> Scores:
 
 class _Chunk(NamedTuple):
     """One chunk of scored rows: output positions [begin, end), the rows of the input they
-    read, their targets (ignored ones replaced by class 0) and which are not ignored."""
+    read, their targets (ignored and out-of-range ones replaced by class 0), which are not
+    ignored, and which have a target and row in range (the others score NaN)."""
 
     begin: int
     end: int
     picked: slice | torch.Tensor
     target: torch.Tensor
     keep: torch.Tensor
+    valid: torch.Tensor
 
 
-def _chunks(target: torch.Tensor, rows: torch.Tensor | None, step: int, ignore_index: int):
-    """The scored rows, `step` at a time."""
+def _chunks(target: torch.Tensor, rows: torch.Tensor | None, step: int, ignore_index: int,
+            num_rows: int, num_classes: int):
+    """The scored rows, `step` at a time. Out-of-range rows are read as row 0 and
+    out-of-range targets as class 0 (never out of bounds); `valid` marks them."""
     count = target.shape[0]
     for begin in range(0, count, step):
         end = min(count, begin + step)
         y = target[begin:end]
         keep = y != ignore_index
-        picked = slice(begin, end) if rows is None else rows[begin:end]
-        yield _Chunk(begin, end, picked, torch.where(keep, y, 0), keep)
+        valid = ~keep | ((y >= 0) & (y < num_classes))
+        if rows is None:
+            picked: slice | torch.Tensor = slice(begin, end)
+        else:
+            picked = rows[begin:end]
+            inside = (picked >= 0) & (picked < num_rows)
+            valid &= inside
+            picked = torch.where(inside, picked, 0)
+        yield _Chunk(begin, end, picked, torch.where(keep & valid, y, 0), keep, valid)
 
 
-def _blank_ignored(scores: Scores, keep: torch.Tensor) -> Scores:
-    return Scores(*(torch.where(keep, t, 0.0) for t in scores))
+def _blank(values: tuple[torch.Tensor, ...], c: _Chunk) -> tuple[torch.Tensor, ...]:
+    """Ignored rows score 0, rows with an out-of-range target or row NaN."""
+    return tuple(torch.where(c.keep, torch.where(c.valid, t, torch.nan), 0.0) for t in values)
 
 
 def cross_entropy_scores(
@@ -147,24 +156,26 @@ def cross_entropy_scores(
     *,
     ignore_index: int = -100,
     rows: torch.Tensor | None = None,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     lse_out: torch.Tensor | None = None,
+    validate: bool = True,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> Scores:
     """Per-row cross-entropy loss and ||softmax - onehot|| of logits [N, C] (float32, float16
     or bfloat16, any strides) against int64 target [M]; M = N, or M = len(rows) when rows
     (int64 [M]) selects the rows to score (target[i] belongs to row rows[i]). Returns
     float32 Scores [M]; rows whose target is ignore_index score 0. lse_out (float32 [M]),
-    if given, receives each row's log-sum-exp (for a backward pass)."""
-    num_classes = logits.shape[1]
+    if given, receives each row's log-sum-exp (for a backward pass). `validate` is not
+    read: out-of-range values score NaN either way (module docstring)."""
+    num_rows, num_classes = logits.shape
     count = target.shape[0]
     loss = torch.zeros(count, dtype=torch.float32, device=logits.device)
     grad_norm = torch.zeros_like(loss)
     step = _chunk_rows(num_classes, chunk_elements)
-    for c in _chunks(target, rows, step, ignore_index):
-        stats = _stats(logits[c.picked].float(), c.target)
-        loss[c.begin : c.end], grad_norm[c.begin : c.end] = _blank_ignored(_finish(stats), c.keep)
+    for c in _chunks(target, rows, step, ignore_index, num_rows, num_classes):
+        stats = _stats(logits[c.picked].detach().float(), c.target)
+        loss[c.begin : c.end], grad_norm[c.begin : c.end] = _blank(_finish(stats), c)
         if lse_out is not None:
-            lse_out[c.begin : c.end] = log_sum_exp(stats)
+            lse_out[c.begin : c.end] = torch.where(c.valid, log_sum_exp(stats), torch.nan)
     return Scores(loss, grad_norm)
 
 
@@ -205,6 +216,7 @@ def linear_cross_entropy_scores(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     rows: torch.Tensor | None = None,
+    validate: bool = True,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     class_tile: int = 8192,
 ) -> LinearScores:
@@ -220,10 +232,10 @@ def linear_cross_entropy_scores(
     # Tiles of about chunk_elements logits: class tiles of up to class_tile, then as many rows.
     class_step = min(num_classes, class_tile)
     row_step = _chunk_rows(class_step, chunk_elements)
-    w32 = weight.float()
-    b32 = None if bias is None else bias.float()
-    for c in _chunks(target, rows, row_step, ignore_index):
-        h = hidden[c.picked].float()
+    w32 = weight.detach().float()
+    b32 = None if bias is None else bias.detach().float()
+    for c in _chunks(target, rows, row_step, ignore_index, hidden.shape[0], num_classes):
+        h = hidden[c.picked].detach().float()
         y_safe = c.target
         merged = None
         for first in range(0, num_classes, class_step):
@@ -237,7 +249,7 @@ def linear_cross_entropy_scores(
         scores = _finish(merged)
         h_norm_sq = h.square().sum(dim=1) + (0.0 if bias is None else 1.0)
         weight_grad_norm = scores.grad_norm * torch.sqrt(h_norm_sq)
-        results = (*_blank_ignored(scores, c.keep), torch.where(c.keep, weight_grad_norm, 0.0))
+        results = _blank((*scores, weight_grad_norm), c)
         for tensor, result in zip(out, results):
             tensor[c.begin : c.end] = result
     return LinearScores(*out)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from fastis.triton_kernels._row_stats import one_minus_exp_neg
+from fastis.triton_kernels.row_stats import one_minus_exp_neg
 
 
 @triton.jit
@@ -52,7 +51,7 @@ def cross_entropy_backward(
     ignore_index: int = -100,
     block: int | None = None,
 ) -> torch.Tensor:
-    """The Triton twin of fastis.reference.cross_entropy_backward: the contiguous gradient
+    """The Triton twin of fastis.ops.reference.cross_entropy_backward: the contiguous gradient
     [N, C] in the logits' dtype."""
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     if logits.shape[0] == 0:

@@ -1,0 +1,231 @@
+"""Presample-and-resample, shared by UpperBound (KF18) and BiasedLoss (KF17).
+
+On a pool step the sampler yields a pool of B indices drawn uniformly with replacement. The
+training loop scores the pool with the model (a forward pass without backward) and calls
+`select(batch, scores)`, which draws the b examples to train on from the pool with
+replacement, P(row r) = g_r = s_r / sum(s), and gives each its weight. Drawing from a
+uniform pool with replacement keeps the estimate exactly unbiased with w = 1 / (B g):
+E[w_j G_j] = (1 / B) sum_{i in pool} G_i, whose expectation over the pool is the full
+gradient (docs/methods.md).
+
+On other steps `select` returns the batch as it is, so one loop serves both kinds of step.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from fastis.data import Draw, take_rows
+from fastis.samplers.base import BatchSampler
+from fastis.samplers.draws import STREAM_SELECT, resample, step_generator
+from fastis.samplers.state import MAX_STEP, Array, Field
+from fastis.validation import positive_count
+
+
+class Pick(NamedTuple):
+    """The examples to train on, chosen from a batch by `select()`.
+
+    rows: int64 [b], positions in the batch (repeats possible); index: int64 [b], their
+    data set indices; weight: float32 [b], the loss weight of each.
+
+    Examples:
+        >>> import torch
+        >>> from fastis.samplers import Pick
+        >>> pick = Pick(torch.tensor([1, 1]), torch.tensor([40, 40]), torch.ones(2))
+        >>> pick.take(torch.tensor([10, 11, 12])).tolist()
+        [11, 11]
+    """
+
+    rows: torch.Tensor
+    index: torch.Tensor
+    weight: torch.Tensor
+
+    def take(self, data: Any) -> Any:
+        """`data` (a tensor, or tuples / lists / dicts of batch-first tensors) at `rows`."""
+        return take_rows(data, self.rows)
+
+    @classmethod
+    def whole(cls, index: np.ndarray, weight: Any) -> Pick:
+        """Every row of a batch (int64 index [b]), with its own weights (float [b])."""
+        weight = torch.as_tensor(weight, dtype=torch.float32).reshape(-1).clone()
+        return cls(torch.arange(len(index)), torch.from_numpy(index.copy()), weight)
+
+
+class PoolSampler(BatchSampler):
+    """A sampler some of whose steps are pools to be scored and resampled by `select()`.
+
+    Public calls, beyond BatchSampler's: `select(batch, scores, forward_seconds=None)`;
+    `is_pool(batch)` / `is_pool_step(step)`; `score_pool(scores, size)` (a pool's scores,
+    from values or a scoring callable, with the time spent in it); `record_step_seconds(step,
+    seconds)` (a step's measured training time, from outside: fastis.distributed gives the
+    slowest rank's).
+
+    Hooks a method implements, beyond BatchSampler's:
+        `_pool_weights(sampling, rows) -> float64 [b]`   abstract: the loss weights of the
+                                   chosen rows, from the sampling scores.
+        `_sampling_scores(scores)` the scores g is proportional to (default: as reported).
+        `_pool_scored(scores, forward_seconds)`  learn from a scored pool (default: nothing).
+    A method's `_draw` calls `_draw_pool(step, rng)` for a pool step.
+
+    Examples:
+        >>> import torch, fastis
+        >>> sampler = fastis.samplers.BiasedLoss(100, 4, pool_size=16, seed=0)
+        >>> pool = next(iter(sampler))
+        >>> pick = sampler.select(pool, torch.rand(16))   # the pool's 16 scores
+        >>> len(pick.rows), sampler.is_pool(pool)
+        (4, True)
+    """
+
+    scores_pools = True
+
+    def __init__(self, num_examples: int, batch_size: int, *, pool_size: int,
+                 forward_batch_size: int | None, seed: int | None,
+                 steps_per_epoch: int | None = None) -> None:
+        super().__init__(num_examples, batch_size, seed=seed, steps_per_epoch=steps_per_epoch)
+        self.pool_size = positive_count(pool_size, "pool_size")
+        self.forward_batch_size = positive_count(
+            forward_batch_size if forward_batch_size is not None else batch_size,
+            "forward_batch_size")
+        self._pool_steps: set[int] = set()  # drawn pool steps not yet acknowledged
+        self._picked: dict[int, Pick] = {}  # select() results of unacknowledged steps
+        # (step, time.perf_counter()) of the latest select(): a step's training time runs
+        # from there to its update() (UpperBound's measured cost).
+        self._selected_at: tuple[int, float] | None = None
+        # (step, seconds): a step's training time recorded from outside (NaN: unknown).
+        self._recorded_seconds: tuple[int, float] | None = None
+
+    def _config(self) -> dict:
+        return {**super()._config(), "pool_size": self.pool_size,
+                "forward_batch_size": self.forward_batch_size}
+
+    def _draw_pool(self, step: int, rng: np.random.Generator) -> Draw:
+        self._pool_steps.add(step)
+        index = rng.integers(0, self.num_examples, self.pool_size, dtype=np.int64)
+        return Draw(index, np.ones(self.pool_size, np.float32), step)
+
+    def is_pool_step(self, step: int) -> bool:
+        """Whether step `step` (drawn, not yet reported) is a pool."""
+        return step in self._pool_steps
+
+    def is_pool(self, batch: Any) -> bool:
+        """Whether `batch` is a pool that `select()` resamples."""
+        return self.is_pool_step(self.batch_of(batch)[1])
+
+    def select(self, batch: Any, scores: Any, *, forward_seconds: float | None = None) -> Pick:
+        """Chooses the examples of `batch` to train on, with their weights.
+
+        Args:
+            batch: what the loader yielded (fastis.data.Batch) or the sampler's Draw.
+            scores: for a pool, its per-example scores, float [len(batch)] (tensor, array,
+                or a fastis.ops.Scores), or a callable taking int64 row positions (a CPU
+                tensor, at most `forward_batch_size` of them) and returning their scores;
+                it is only called on pool steps, under torch.no_grad().
+            forward_seconds: with given scores, the time their forward took (a cost some
+                methods learn from); a callable is timed instead.
+        Returns:
+            a Pick; for a batch that is not a pool, all its rows with its own weights. A
+            repeated call for the same step returns the same Pick (learned from once).
+        """
+        with self._lock:
+            index, step = self.batch_of(batch)
+            pick = self._picked.get(step)
+            if pick is None:
+                self._check_drawn(index, self.drawn(step))
+                pick = self._pick(batch, index, step, scores, forward_seconds)
+            self._selected_at = (step, time.perf_counter())
+            return pick
+
+    def _pick(self, batch: Any, index: np.ndarray, step: int, scores: Any,
+              forward_seconds: float | None) -> Pick:
+        if step not in self._pool_steps:
+            pick = Pick.whole(index, batch.weight)
+        else:
+            values, timed = self.score_pool(scores, len(index))
+            sampling = self._sampling_scores(values)
+            rows = resample(sampling, self.batch_size,
+                            step_generator(self.seed, step, STREAM_SELECT))
+            weight = self._pool_weights(sampling, rows).astype(np.float32)
+            self._pool_scored(values, timed if timed is not None else forward_seconds)
+            self._last_weights = weight
+            pick = Pick(torch.from_numpy(rows), torch.from_numpy(index[rows]),
+                        torch.from_numpy(weight.copy()))
+        self._picked[step] = pick
+        return pick
+
+    def score_pool(self, scores: Any, size: int) -> tuple[np.ndarray, float | None]:
+        """(float64 [size] checked scores, seconds spent in the scoring callable or None)
+        of a pool of `size` rows: `scores` are values, or a callable scored in chunks of
+        forward_batch_size rows under torch.no_grad()."""
+        if callable(scores) and not isinstance(scores, torch.Tensor):
+            start = time.perf_counter()
+            parts = []
+            with torch.no_grad():
+                for first in range(0, size, self.forward_batch_size):
+                    rows = torch.arange(first, min(first + self.forward_batch_size, size))
+                    parts.append(self.scores_of(scores(rows), len(rows)))
+            return np.concatenate(parts), time.perf_counter() - start
+        return self.scores_of(scores, size), None
+
+    def record_step_seconds(self, step: int, seconds: float) -> None:
+        """Records how long step `step` trained (NaN: unknown), instead of the time this
+        process measured from its select() to its update()."""
+        with self._lock:
+            self._recorded_seconds = (int(step), float(seconds))
+
+    def _training_seconds(self, step: int) -> float | None:
+        """How long step `step` trained, from its select() to now (its update()); None
+        when unknown."""
+        if self._recorded_seconds is not None and self._recorded_seconds[0] == step:
+            seconds = self._recorded_seconds[1]
+            return None if math.isnan(seconds) else seconds
+        if self._selected_at is not None and self._selected_at[0] == step:
+            return time.perf_counter() - self._selected_at[1]
+        return None
+
+    def _check_drawn(self, index: np.ndarray, draw: Draw) -> None:
+        # A pool step is reported with the pool, or with the picks trained on.
+        pick = self._picked.get(draw.step)
+        if pick is None or not np.array_equal(index, pick.index.numpy()):
+            super()._check_drawn(index, draw)
+
+    def _trained_index(self, index: np.ndarray, step: int) -> np.ndarray:
+        if step not in self._pool_steps:
+            return index
+        if step not in self._picked:
+            raise ValueError(f"step {step} is a pool: call select() on it before update()")
+        return self._picked[step].index.numpy()
+
+    def _sampling_scores(self, scores: np.ndarray) -> np.ndarray:
+        """The scores g is proportional to (default: as reported)."""
+        return scores
+
+    @abc.abstractmethod
+    def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """float64 [b] loss weights of the chosen rows, from the sampling scores."""
+
+    def _pool_scored(self, scores: np.ndarray, forward_seconds: float | None) -> None:
+        """Learns from a scored pool and the time its forward took (default: nothing)."""
+
+    def _acknowledge(self, step: int) -> None:
+        super()._acknowledge(step)
+        self._pool_steps = {s for s in self._pool_steps if s > self._acked}
+        self._picked = {s: p for s, p in self._picked.items() if s > self._acked}
+
+    def _method_schema(self) -> dict[str, Field]:
+        return {"pool_steps": Array("int", (None,), low=0, high=MAX_STEP)}
+
+    def _method_state(self) -> dict[str, Any]:
+        return {"pool_steps": np.array(sorted(s for s in self._pool_steps if s > self._acked),
+                                       np.int64)}
+
+    def _load_method_state(self, fields: dict[str, Any]) -> None:
+        """Installs the pool steps; subclasses check their own part first, call this, then
+        install theirs (so a bad state changes nothing)."""
+        self._pool_steps, self._picked = set(fields["pool_steps"].tolist()), {}
+        self._selected_at = self._recorded_seconds = None
