@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchlib
+import harness
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,13 +97,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=11, help="builds per process")
     parser.add_argument("--fresh-memory", action="store_true",
                         help="empty fastis' memory cache before every build")
-    parser.add_argument("--out", help="result file or folder (default benchmarks/results/)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv[1:])
     if args.child:
         child(args.child, args.n, args.threads, args.repeats, args.fresh_memory)
         return
-    env = benchlib.environment(argv)
+    env = harness.environment(argv)
     baseline_commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
         check=True, capture_output=True, text=True,
@@ -120,25 +119,20 @@ def main(argv: list[str]) -> None:
     rows = [
         [f"baseline {baseline_commit}", f"{medians['baseline']:.1f}",
          " ".join(f"{t:.1f}" for t in times["baseline"])],
-        [f"this checkout {env['git']}", f"{medians['this checkout']:.1f}",
+        [f"this checkout {env['commit']}", f"{medians['this checkout']:.1f}",
          " ".join(f"{t:.1f}" for t in times["this checkout"])],
     ]
     title = (f"AliasTable build, n = {args.n:.0e}, {args.threads} threads, lognormal(0, 2) "
              f"weights; {args.rounds} alternated processes of each, {args.repeats} builds each"
              + ("; fresh memory for every build" if args.fresh_memory else ""))
-    print(title)
-    print(benchlib.render_text(headers, rows))
-    print(f"baseline / this checkout: {ratio:.2f}x")
-    md_path, json_path = benchlib.output_paths(args.out, "bench_alias_build")
-    md = ["# AliasTable build against a baseline revision", ""]
-    md += [f"- **{k}**: {v}" for k, v in env.items()]
-    md += ["", title, "", benchlib.render_md(headers, rows), "",
-           f"baseline / this checkout: **{ratio:.2f}x**"]
-    md_path.write_text("\n".join(md) + "\n")
-    json_path.write_text(json.dumps({"env": env, "baseline": baseline_commit,
-                                     "times_ms": times, "ratio": ratio}, indent=1) + "\n")
-    print(f"\nwrote {md_path} and {json_path}")
-
+    sections = [title, harness.table(headers, rows),
+                f"baseline / this checkout: **{ratio:.2f}x**"]
+    print("\n\n".join(sections))
+    name = "bench_alias_build" + ("-fresh-memory" if args.fresh_memory else "")
+    path = harness.write_result(name, "AliasTable build against a baseline revision", env,
+                                sections, record={"baseline": baseline_commit,
+                                                  "times_ms": times, "ratio": ratio})
+    print(f"wrote {path}")
 
 if __name__ == "__main__":
     main(sys.argv)

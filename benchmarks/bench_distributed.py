@@ -21,13 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchlib
+import harness
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from fastis.distributed import Sharded
-from fastis.samplers import BiasedLoss, ImportanceSampler, PoolSampler
+from fastis.samplers import BiasedLoss, ImportanceSampler
 
 SAMPLERS = {
     "ImportanceSampler": lambda n, batch: ImportanceSampler(n, batch, seed=0,
@@ -39,7 +39,7 @@ SAMPLERS = {
 
 def step_times(sampler, steps: int) -> list[float]:
     """Seconds per (draw [+ select] + update) step, after 50 warm-up steps."""
-    pools = isinstance(getattr(sampler, "sampler", sampler), PoolSampler)
+    pools = sampler.scores_pools
     iterator = iter(sampler)
     rng = np.random.default_rng(0)
     times = []
@@ -78,9 +78,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=256, help="global batch")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--out", help="Markdown file or folder (default benchmarks/results/)")
     args = parser.parse_args(argv[1:])
-    env = benchlib.environment(argv)
+    env = harness.environment(argv)
     torch.set_num_threads(1)
     alone = {name: statistics.median(step_times(make(args.n, args.batch), args.steps))
              for name, make in SAMPLERS.items()}
@@ -105,17 +104,14 @@ def main(argv: list[str]) -> int:
     rows.append(["bare all_gather of the ImportanceSampler payload (gloo)",
                  f"{1e3 * gather:.3f}", f"{gather / alone['ImportanceSampler']:.2f}x"])
     headers = ["step (draw [+ select] + update)", "ms (median)", "vs 1 process"]
-    print(benchlib.render_text(headers, rows))
-    md_path, json_path = benchlib.output_paths(args.out, "bench_distributed")
-    md = ["# fastis distributed collective benchmark", ""]
-    md += [f"- **{k}**: `{v}`" if k == "command" else f"- **{k}**: {v}" for k, v in env.items()]
-    md += [f"- **n**: {args.n}, **global batch**: {args.batch}, **steps**: {args.steps}, "
-           "1 intra-op thread per process, both ranks on this machine", "",
-           benchlib.render_md(headers, rows)]
-    md_path.write_text("\n".join(md) + "\n")
-    json_path.write_text(json.dumps({"env": env, "alone_s": alone, "sharded_s": sharded,
-                                     "all_gather_s": gather}, indent=1))
-    print(f"\nwrote {md_path} and {json_path}")
+    sections = [f"n = {args.n:,}, global batch {args.batch}, {args.steps:,} steps, 1 intra-op "
+                "thread per process, both ranks on this machine.",
+                harness.table(headers, rows)]
+    print("\n\n".join(sections))
+    path = harness.write_result("bench_distributed", "fastis distributed collective", env,
+                                sections, record={"alone_s": alone, "sharded_s": sharded,
+                                                  "all_gather_s": gather})
+    print(f"wrote {path}")
     return 0
 
 

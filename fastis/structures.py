@@ -137,6 +137,16 @@ class SumTree(_WeightedIndex):
         seed: generator key in [0, 2^64); None draws one from torch's global generator.
 
     Memory: about 9.1 bytes per example (float64 leaves + 8-wide internal nodes).
+
+    Examples:
+        >>> import fastis
+        >>> tree = fastis.SumTree([1.0, 0.0, 3.0], seed=0)
+        >>> tree.update([1], [4.0])             # w = [1, 4, 3]
+        >>> tree.total, tree.probabilities([1]).tolist()
+        (8.0, [0.5])
+        >>> idx, p = tree.sample(4, with_probabilities=True)
+        >>> idx.shape, bool((p > 0).all())
+        (torch.Size([4]), True)
     """
 
     _build = _C.SumTree
@@ -170,6 +180,14 @@ class AliasTable(_WeightedIndex):
     Same arguments as SumTree. Memory: 16 bytes per example (float64 weights + an 8-byte
     entry; 24 bytes beyond 2^32 examples). Probabilities are exact to ~6e-8 relative (the
     keep-probabilities are float32); `probabilities()` reports exact w_i / total.
+
+    Examples:
+        >>> import fastis
+        >>> table = fastis.AliasTable([1.0, 0.0, 3.0], seed=0)
+        >>> sorted(set(table.sample(1000).tolist()))   # weight 0 is never drawn
+        [0, 2]
+        >>> table.probabilities([2]).tolist()
+        [0.75]
     """
 
     _build = _C.AliasTable

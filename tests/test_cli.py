@@ -20,7 +20,7 @@ from fastis.demo import METHODS
     (["demo", "--batch-size", "0"], "must be >= 1"),
     (["demo", "--methods", "bogus"], "invalid choice"),
     (["demo", "--device", "tpu"], "invalid choice"),
-    (["bench", "everything"], "invalid choice"),
+    (["bench", "sampler"], "invalid choice"),
 ])
 def test_argument_errors_exit_2_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -32,6 +32,8 @@ import lightning.pytorch as pl
 from fastis.distributed import Sharded
 from fastis.samplers import BatchSampler
 
+__all__ = ["ImportanceSampling"]
+
 
 class ImportanceSampling(pl.Callback):
     """Updates the sampler after every training batch and checkpoints its state.
@@ -42,6 +44,14 @@ class ImportanceSampling(pl.Callback):
         scores_key: the key of the training_step output holding the per-example scores (a
             fastis.ops.Scores or float [b]); when the output has no such key the batch is
             acknowledged without scores (Uniform, SoftRandom).
+
+    Examples:
+        >>> import fastis
+        >>> from fastis.integrations.lightning import ImportanceSampling
+        >>> sampler = fastis.samplers.ImportanceSampler(100, 10, seed=0)
+        >>> callback = ImportanceSampling(sampler)   # lightning.Trainer(callbacks=[callback])
+        >>> callback.state_dict()["sampler"]["kind"]
+        'ImportanceSampler'
     """
 
     def __init__(self, sampler: BatchSampler | Sharded | None = None,

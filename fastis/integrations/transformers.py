@@ -43,6 +43,9 @@ from fastis.distributed import Sharded
 from fastis.ops import Scores, cross_entropy_with_scores, sequence_scores
 from fastis.samplers import BatchSampler
 
+__all__ = ["SAMPLER_FILE", "ImportanceSamplingMixin", "ImportanceSamplingTrainer",
+           "causal_lm_loss", "classification_loss"]
+
 SAMPLER_FILE = "fastis_sampler.pt"
 _KEYS = ("fastis_index", "fastis_weight", "fastis_step")
 
@@ -86,7 +89,16 @@ def causal_lm_loss(outputs: Any, labels: torch.Tensor,
 class ImportanceSamplingMixin:
     """The fastis behaviour of ImportanceSamplingTrainer, to combine with another Trainer
     subclass: `class MyTrainer(ImportanceSamplingMixin, SomeTrainer)`. See the module
-    docstring."""
+    docstring.
+
+    Examples:
+        >>> import transformers
+        >>> from fastis.integrations.transformers import ImportanceSamplingMixin
+        >>> class MyTrainer(ImportanceSamplingMixin, transformers.Trainer):
+        ...     pass                                # MyTrainer(..., sampler=sampler)
+        >>> MyTrainer.get_train_dataloader is ImportanceSamplingMixin.get_train_dataloader
+        True
+    """
 
     def __init__(self, *args: Any, sampler: BatchSampler | Sharded,
                  loss_fn: LossFn = classification_loss, **kwargs: Any) -> None:
@@ -186,4 +198,14 @@ class ImportanceSamplingMixin:
 
 class ImportanceSamplingTrainer(ImportanceSamplingMixin, transformers.Trainer):
     """transformers.Trainer training on a fastis sampler's batches; see the module
-    docstring. Takes Trainer's arguments plus `sampler` and `loss_fn`."""
+    docstring. Takes Trainer's arguments plus `sampler` and `loss_fn`.
+
+    Examples:
+        >>> import fastis, transformers
+        >>> from fastis.integrations.transformers import ImportanceSamplingTrainer
+        >>> sampler = fastis.samplers.UpperBound(96, 8, seed=0)
+        >>> # trainer = ImportanceSamplingTrainer(model=model, args=args,
+        >>> #                                     train_dataset=ds, sampler=sampler)
+        >>> issubclass(ImportanceSamplingTrainer, transformers.Trainer), sampler.scores_pools
+        (True, True)
+    """

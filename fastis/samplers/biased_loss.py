@@ -55,6 +55,16 @@ class BiasedLoss(PoolSampler):
         forward_batch_size: rows per call of a scoring callable in select() (default 128).
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed (also seeds the LSTM predictor's initialisation).
+
+    Examples:
+        >>> import torch, fastis
+        >>> labels = torch.arange(1000) % 10
+        >>> sampler = fastis.samplers.BiasedLoss(1000, 32, predictor="gaussian",
+        ...                                      labels=labels, seed=0)
+        >>> draw = next(iter(sampler))         # already resampled from a pool of 2048
+        >>> sampler.update(draw, torch.rand(32))   # the losses train the predictor
+        >>> len(draw), sampler.scores_pools
+        (32, True)
     """
 
     score_field = "loss"

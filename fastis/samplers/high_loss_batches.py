@@ -53,6 +53,15 @@ class HighLossBatches(BatchSampler):
     The pass is chosen when its first batch is drawn, from the losses reported by then; with
     a DataLoader drawing ahead, the last batches of a pass may not be reported yet. For a
     fixed prefetch depth this is deterministic, and state_dict() resumes it exactly.
+
+    Examples:
+        >>> import fastis
+        >>> sampler = fastis.samplers.HighLossBatches(40, 10, delta=0.5, seed=0)
+        >>> for draw in sampler:                  # pass 0: every batch, in order
+        ...     sampler.update(draw, float(draw.index[0]))   # a batch's mean loss
+        >>> sampler.set_epoch(1)
+        >>> [int(d.index[0]) for d in sampler][:2]   # pass 1: the two highest-loss batches
+        [20, 30]
     """
 
     def __init__(self, num_examples: int, batch_size: int, *, delta: float = 0.5,

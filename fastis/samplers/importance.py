@@ -52,6 +52,14 @@ class ImportanceSampler(BatchSampler):
             nothing; "skip": those examples keep their previous score.
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed.
+
+    Examples:
+        >>> import torch, fastis
+        >>> sampler = fastis.samplers.ImportanceSampler(1000, 32, floor=0.1, seed=0)
+        >>> draw = next(iter(sampler))         # 32 indices, weights 1 / (N p_i)
+        >>> sampler.update(draw, torch.rand(32))   # their fresh scores (e.g. the losses)
+        >>> sampler.step, round(sampler.stats()["uniform_share"], 2)
+        (1, 0.1)
     """
 
     def __init__(self, num_examples: int, batch_size: int, *, initial_score: Any = 1.0,

@@ -70,6 +70,22 @@ class LossPredictor:
             gather then reads 1 byte per example, mostly from cache).
         classes: int64 [K], the original id of each code.
         num_classes: K.
+
+    Examples:
+        >>> import numpy as np
+        >>> from fastis.samplers import LossPredictor
+        >>> class LastLoss(LossPredictor):   # predicts each class's last observed loss
+        ...     def __init__(self, n, labels):
+        ...         super().__init__(n, labels)
+        ...         self.last = np.ones(self.num_classes)
+        ...     def predict(self, index):
+        ...         return np.maximum(self.last[self.labels[index]], 1e-6)
+        ...     def observe(self, index, losses):
+        ...         self.last[self.labels[index]] = losses
+        >>> p = LastLoss(4, [7, 7, 9, 9])
+        >>> p.observe(np.array([2]), np.array([3.0]))
+        >>> p.predict(np.arange(4)).tolist()
+        [1.0, 1.0, 3.0, 3.0]
     """
 
     def __init__(self, num_examples: int, labels: Any) -> None:
@@ -155,6 +171,14 @@ class PerClassGaussian(LossPredictor):
     Args:
         num_examples, labels: see `LossPredictor`.
         momentum: the EMA's decay per observed loss, in [0, 1) (default 0.9).
+
+    Examples:
+        >>> import numpy as np
+        >>> from fastis.samplers import PerClassGaussian
+        >>> p = PerClassGaussian(4, [0, 0, 1, 1])
+        >>> p.observe(np.array([0, 1, 2]), np.array([1.0, 3.0, 5.0]))
+        >>> p.predict(np.array([0, 2])).round(3).tolist()   # mu + sigma of each class
+        [3.051, 5.0]
     """
 
     def __init__(self, num_examples: int, labels: Any, *, momentum: float = 0.9) -> None:
@@ -319,6 +343,14 @@ class LSTMLossPredictor(LossPredictor):
         log_space: regress the log of the loss.
         seed: seeds the local torch.Generator that initialises the model (the global
             generator is not touched; None draws the seed from it).
+
+    Examples:
+        >>> import numpy as np
+        >>> from fastis.samplers import LSTMLossPredictor
+        >>> p = LSTMLossPredictor(100, np.arange(100) % 5, seed=0)
+        >>> p.observe(np.arange(8), np.linspace(0.5, 2.0, 8))   # one Adam step
+        >>> p.predict(np.arange(3)).shape, p.counts[:2].tolist()   # two slots now used
+        ((3,), [2, 2])
     """
 
     def __init__(self, num_examples: int, labels: Any, *, history: int = 10, hidden: int = 32,

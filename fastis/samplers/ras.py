@@ -55,6 +55,14 @@ class RAS(BatchSampler):
     Until every group has reported once, q = pi (uniform instance sampling, weights 1).
     q is recomputed at each draw from the reports received by then, so a loader that draws
     ahead uses slightly older estimates (deterministic for a fixed prefetch depth).
+
+    Examples:
+        >>> import torch, fastis
+        >>> groups = torch.arange(300) % 3
+        >>> sampler = fastis.samplers.RAS(300, 30, groups=groups, mix=0.3, seed=0)
+        >>> sampler.observe(torch.arange(300), (groups + 1.0) / 3)   # group 2 varies most
+        >>> [round(q, 3) for q in sampler.group_distribution().tolist()]
+        [0.217, 0.333, 0.45]
     """
 
     score_field: ClassVar[str] = "grad_norm"

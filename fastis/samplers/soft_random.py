@@ -31,6 +31,12 @@ class SoftRandom(BatchSampler):
         replacement: True for SRS (default), False for RS2.
         drop_last: drop the epoch's last, partial batch.
         seed: the stream's seed (None: drawn from torch's global generator).
+
+    Examples:
+        >>> import fastis
+        >>> sampler = fastis.samplers.SoftRandom(1000, 100, rate=0.3, seed=0)
+        >>> len(sampler), sum(len(d) for d in sampler)   # 300 draws per epoch
+        (3, 300)
     """
 
     def __init__(self, num_examples: int, batch_size: int, *, rate: float = 0.5,
@@ -81,7 +87,14 @@ class SoftRandom(BatchSampler):
 class Uniform(SoftRandom):
     """The uniform baseline: every epoch goes through the data set once, in a fresh random
     order (`replacement=False`, the default), or draws N indices independently
-    (`replacement=True`). Weights are 1. Same protocol as every other sampler."""
+    (`replacement=True`). Weights are 1. Same protocol as every other sampler.
+
+    Examples:
+        >>> import fastis
+        >>> sampler = fastis.samplers.Uniform(10, 4, seed=0)
+        >>> sorted(i for d in sampler for i in d.index.tolist())   # each example once
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    """
 
     def __init__(self, num_examples: int, batch_size: int, *, replacement: bool = False,
                  drop_last: bool = False, seed: int | None = None) -> None:

@@ -129,16 +129,6 @@ class Float(Field):
         return value
 
 
-@dataclass(frozen=True)
-class Optional(Field):
-    """None, or a value of `field`."""
-
-    field: Field
-
-    def parse(self, value: Any, name: str) -> Any:
-        return None if value is None else self.field.parse(value, name)
-
-
 _KINDS = {"int": ("iu", np.int64), "float": ("fiu", np.float64), "bool": ("b", np.bool_),
           "uint8": ("u", np.uint8), "float32": ("fiu", np.float32)}
 

@@ -50,6 +50,16 @@ class UpperBound(PoolSampler):
         forward_batch_size: rows per call of a scoring callable (default b).
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed.
+
+    Examples:
+        >>> import torch, fastis
+        >>> sampler = fastis.samplers.UpperBound(1000, 32, tau_th=1.0, momentum=0.0, seed=0)
+        >>> first = next(iter(sampler))        # tau starts at 0: a uniform batch
+        >>> sampler.update(first, torch.rand(32))  # its gradient-norm scores move tau
+        >>> pool = next(iter(sampler))         # tau > tau_th now: a pool of 96 to score
+        >>> pick = sampler.select(pool, torch.rand(96))
+        >>> len(pool), len(pick.rows)
+        (96, 32)
     """
 
     score_field = "grad_norm"
