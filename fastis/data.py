@@ -6,43 +6,117 @@ hands that object, unchanged, to the dataset's `__getitems__` in whichever worke
 fetches the batch, so wrapping the dataset in `Indexed` is enough for every example to come
 back with the weight of the very draw that produced it, however far the loader prefetches:
 
-    loader = DataLoader(fastis.data.Indexed(ds), batch_sampler=sampler, num_workers=4)
-    for batch in loader:           # batch.data: what collating ds's examples gives
-        x, y = batch.data          # batch.index: int64 [b]; batch.weight: float32 [b]
+    loader = sampler.loader(ds, num_workers=4)   # Indexed(ds), collate(), batch_sampler
+    for batch in loader:           # a Batch: data, index int64 [b], weight float32 [b], step
+        x, y = batch               # its data, as a plain DataLoader gives it
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["Batch", "Draw", "Indexed", "take_rows"]
+__all__ = ["Batch", "Draw", "Example", "Indexed", "collate", "take_rows"]
 
 
-class Batch(NamedTuple):
-    """One example with its bookkeeping; after DataLoader's default collation, a batch.
-
-    Fields (collated shapes): `data`, the dataset's example(s) as collation makes them;
-    `index`, int64 [b], positions in the wrapped dataset; `weight`, float32 [b], the
-    importance weight to multiply each example's loss by; `step`, int64 [b], the sampler
-    step that drew the batch (the same for all its examples).
+class Example(NamedTuple):
+    """One example with its bookkeeping, as `Indexed` returns it: `data` (the dataset's
+    example), `index` (its position in the dataset), `weight` (the importance weight drawn
+    with it), `step` (the sampler step that drew it; -1 outside a draw). DataLoader's default
+    collation turns a list of them into one Example of collated fields.
 
     Examples:
-        >>> import torch, fastis
-        >>> ds = torch.utils.data.TensorDataset(torch.arange(6.0))
-        >>> batch = next(iter(fastis.samplers.Uniform(6, 3, seed=0).loader(ds)))
-        >>> (x,) = batch.data                   # what collating ds's examples gives
-        >>> x.shape, batch.index.dtype, batch.weight.tolist()
-        (torch.Size([3]), torch.int64, [1.0, 1.0, 1.0])
+        >>> import torch
+        >>> from fastis.data import Indexed
+        >>> Indexed(torch.utils.data.TensorDataset(torch.arange(5.0)))[3]
+        Example(data=(tensor(3.),), index=3, weight=np.float32(1.0), step=-1)
     """
 
     data: Any
     index: Any
     weight: Any
     step: Any
+
+
+@dataclass
+class Batch:
+    """A collated batch with its bookkeeping (what `sampler.loader()` yields).
+
+    Fields: `data`, what collating the dataset's examples gives (for a dataset of (x, y)
+    pairs, [x, y]); `index`, int64 [b], positions in the dataset; `weight`, float32 [b], the
+    importance weight to multiply each example's loss by; `step`, int64 [b], the sampler step
+    that drew the batch. Iterating a Batch iterates its data, so `x, y = batch` unpacks it as
+    a plain DataLoader's batch would. Lightning moves it to the device field by field (a
+    dataclass); `pin_memory()` pins every tensor.
+
+    Examples:
+        >>> import torch, fastis
+        >>> ds = torch.utils.data.TensorDataset(torch.arange(6.0), torch.arange(6) % 2)
+        >>> batch = next(iter(fastis.samplers.Uniform(6, 3, seed=0).loader(ds)))
+        >>> x, y = batch                              # the data, as a plain loader gives it
+        >>> x.shape, batch.index.dtype, batch.weight.tolist()
+        (torch.Size([3]), torch.int64, [1.0, 1.0, 1.0])
+    """
+
+    data: Any
+    index: torch.Tensor
+    weight: torch.Tensor
+    step: torch.Tensor
+
+    def __iter__(self) -> Iterator[Any]:
+        if not isinstance(self.data, (tuple, list)):
+            raise TypeError(f"this batch's data is a {type(self.data).__name__}, not a tuple "
+                            "or list: use batch.data")
+        return iter(self.data)
+
+    def pin_memory(self) -> Batch:
+        return Batch(_pinned(self.data), self.index.pin_memory(), self.weight.pin_memory(),
+                     self.step.pin_memory())
+
+
+def _pinned(data: Any) -> Any:
+    if isinstance(data, torch.Tensor):
+        return data.pin_memory()
+    if isinstance(data, dict):
+        return {key: _pinned(value) for key, value in data.items()}
+    if isinstance(data, (tuple, list)):
+        return type(data)(_pinned(value) for value in data)
+    return data
+
+
+def collate(collate_fn: Callable[[list[Any]], Any] | None = None
+            ) -> Callable[[list[Example]], Batch]:
+    """A DataLoader collate_fn for `Indexed` datasets: `collate_fn` (default: DataLoader's
+    default collation) makes the data of a list of examples, and the bookkeeping (indices,
+    weights, step) rides along as tensors. Pass your own collate_fn (padding, tokenising)
+    through it, or give it to `sampler.loader(..., collate_fn=...)`, which does.
+
+    Examples:
+        >>> import torch
+        >>> from fastis.data import Example, collate
+        >>> pad = lambda seqs: torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        >>> batch = collate(pad)([Example(torch.ones(2), 4, 1.0, 0),
+        ...                       Example(torch.ones(3), 7, 2.0, 0)])
+        >>> batch.data.shape, batch.index.tolist(), batch.weight.tolist()
+        (torch.Size([2, 3]), [4, 7], [1.0, 2.0])
+    """
+    fn = collate_fn if collate_fn is not None else torch.utils.data.default_collate
+
+    def collate_examples(examples: list[Example]) -> Batch:
+        if not examples or not all(isinstance(e, Example) for e in examples):
+            raise TypeError("fastis.data.collate() collates the examples of a "
+                            "fastis.data.Indexed dataset (wrap the dataset, or use "
+                            "sampler.loader(dataset))")
+        return Batch(fn([e.data for e in examples]),
+                     torch.tensor([e.index for e in examples], dtype=torch.int64),
+                     torch.tensor(np.array([e.weight for e in examples], np.float32)),
+                     torch.tensor([e.step for e in examples], dtype=torch.int64))
+
+    return collate_examples
 
 
 class Draw:
@@ -92,11 +166,11 @@ class Draw:
 
 
 class Indexed(torch.utils.data.Dataset):
-    """Wraps a map-style dataset so that each example comes back as a `Batch` record.
+    """Wraps a map-style dataset so that each example comes back as an `Example` record.
 
     `Indexed(ds)[draw]` fetches the draw's examples (through `ds.__getitems__` when `ds`
     has one, else one `ds[i]` at a time); `Indexed(ds)[i]` for a plain int gives
-    `Batch(ds[i], i, 1.0, -1)`, so evaluation loaders work on the same object.
+    `Example(ds[i], i, 1.0, -1)`, so evaluation loaders work on the same object.
 
     Examples:
         >>> import numpy as np, torch
@@ -119,22 +193,20 @@ class Indexed(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: Any) -> Batch:
+    def __getitem__(self, item: Any) -> Example:
         if isinstance(item, tuple) and len(item) == 3:  # one (index, weight, step) of a Draw
             index, weight, step = item
-            return Batch(self.dataset[index], index, weight, step)
-        return Batch(self.dataset[item], int(item), np.float32(1.0), -1)
+            return Example(self.dataset[index], index, weight, step)
+        return Example(self.dataset[item], int(item), np.float32(1.0), -1)
 
-    def __getitems__(self, draw: Any) -> list[Batch]:
+    def __getitems__(self, draw: Any) -> list[Example]:
         if not isinstance(draw, Draw):
             return [self[item] for item in draw]
         indices = draw.index.tolist()
         getitems = getattr(self.dataset, "__getitems__", None)
         examples = getitems(indices) if getitems else [self.dataset[i] for i in indices]
-        return [
-            Batch(example, i, w, draw.step)
-            for example, i, w in zip(examples, indices, draw.weight)
-        ]
+        return [Example(example, i, w, draw.step)
+                for example, i, w in zip(examples, indices, draw.weight)]
 
 
 def take_rows(data: Any, rows: torch.Tensor) -> Any:

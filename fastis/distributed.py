@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fastis.data import Draw, Indexed
+from fastis.data import Draw, Indexed, collate
 from fastis.samplers import BatchSampler, Pick
 
 __all__ = ["Sharded"]
@@ -108,9 +108,11 @@ class Sharded:
         """Whether the wrapped sampler's steps include pools (select() resamples them)."""
         return self.sampler.scores_pools
 
-    def loader(self, dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
+    def loader(self, dataset: Any, *, collate_fn: Any = None,
+               **kwargs: Any) -> torch.utils.data.DataLoader:
         """A DataLoader over `dataset` yielding this rank's shards (see BatchSampler.loader)."""
-        return torch.utils.data.DataLoader(Indexed(dataset), batch_sampler=self, **kwargs)
+        return torch.utils.data.DataLoader(Indexed(dataset), batch_sampler=self,
+                                           collate_fn=collate(collate_fn), **kwargs)
 
     def __iter__(self) -> Iterator[Draw]:
         for draw in self.sampler:

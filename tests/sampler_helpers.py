@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import fastis.data
-
 
 def same_state(a: Any, b: Any) -> bool:
     """Deep equality of state dicts holding dicts, lists, numpy arrays, tensors, floats."""
@@ -74,9 +72,8 @@ class LeastSquares:
 
 def loader_for(sampler, n: int, workers: int = 2) -> DataLoader:
     dataset = TensorDataset(torch.arange(n, dtype=torch.float64), torch.arange(n))
-    return DataLoader(fastis.data.Indexed(dataset), batch_sampler=sampler,
-                      num_workers=workers, prefetch_factor=2 if workers else None,
-                      persistent_workers=False)
+    return sampler.loader(dataset, num_workers=workers,
+                          prefetch_factor=2 if workers else None, persistent_workers=False)
 
 
 def run_loop(sampler, n: int, epochs: int, step_fn: Callable, *, workers: int = 2,

@@ -38,7 +38,7 @@ import transformers
 from torch.utils.data import DataLoader
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from fastis.data import Batch, Draw, Indexed, take_rows
+from fastis.data import Draw, Example, Indexed, take_rows
 from fastis.distributed import Sharded
 from fastis.ops import Scores, cross_entropy_with_scores, sequence_scores
 from fastis.samplers import BatchSampler
@@ -133,7 +133,7 @@ class ImportanceSamplingMixin:
             wrapper.num_processes, wrapper.process_index = 1, 0
         return prepared
 
-    def _collate(self, items: list[Batch]) -> dict[str, Any]:
+    def _collate(self, items: list[Example]) -> dict[str, Any]:
         inputs = self.data_collator([item.data for item in items])
         inputs["fastis_index"] = torch.tensor([item.index for item in items])
         inputs["fastis_weight"] = torch.tensor(np.array([item.weight for item in items],

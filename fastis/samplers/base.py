@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fastis.data import Draw, Indexed
+from fastis.data import Draw, Indexed, collate
 from fastis.samplers.state import (
     HEADER,
     MAX_STEP,
@@ -224,14 +224,17 @@ class BatchSampler(abc.ABC):
         """The batch of step `step`: a Draw owning its arrays (int64 index [b'], float32
         weight [b'])."""
 
-    def loader(self, dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
+    def loader(self, dataset: Any, *, collate_fn: Any = None,
+               **kwargs: Any) -> torch.utils.data.DataLoader:
         """A DataLoader over `dataset` with this sampler as its batch_sampler: each batch is
         a `fastis.data.Batch` carrying the draw's indices, weights and step.
 
         Args:
             dataset: a map-style dataset (wrapped in `fastis.data.Indexed`).
-            **kwargs: DataLoader arguments (num_workers, pin_memory, collate_fn, ...);
-                batch_size, shuffle, sampler and drop_last belong to the sampler.
+            collate_fn: makes a batch's data from its examples (default: DataLoader's);
+                the bookkeeping is added by `fastis.data.collate`.
+            **kwargs: DataLoader arguments (num_workers, pin_memory, ...); batch_size,
+                shuffle, sampler and drop_last belong to the sampler.
 
         Examples:
             >>> import torch, fastis
@@ -244,7 +247,8 @@ class BatchSampler(abc.ABC):
         if owned:
             raise ValueError(f"{sorted(owned)} belong to the fastis sampler: set them on it, "
                              "not on the loader")
-        return torch.utils.data.DataLoader(Indexed(dataset), batch_sampler=self, **kwargs)
+        return torch.utils.data.DataLoader(Indexed(dataset), batch_sampler=self,
+                                           collate_fn=collate(collate_fn), **kwargs)
 
     # ------------------------------------------------------------------ feedback
     def update(self, batch: Any, scores: Any = None) -> None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from sampler_helpers import round_trip, same_state, train
 
-from fastis.data import Batch, Draw, Indexed
+from fastis.data import Batch, Draw
 from fastis.ops import Scores
 from fastis.samplers.high_loss_batches import HighLossBatches
 
@@ -247,8 +247,7 @@ def test_update_takes_a_mean_or_per_example_losses_or_scores(scores, expected):
 def test_update_takes_a_collated_batch():
     features = torch.arange(20, dtype=torch.float32)[:, None]
     sampler = HighLossBatches(20, 4, delta=0.4, seed=15)  # M = 5, K = 2
-    loader = torch.utils.data.DataLoader(
-        Indexed(torch.utils.data.TensorDataset(features)), batch_sampler=sampler)
+    loader = sampler.loader(torch.utils.data.TensorDataset(features))
     seen = []
     for _ in range(3):
         for batch in loader:

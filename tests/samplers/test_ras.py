@@ -18,7 +18,7 @@ import torch
 from helpers import ALPHA, pooled_chisquare
 from sampler_helpers import round_trip, same_state, train
 
-from fastis.data import Batch, Draw, Indexed
+from fastis.data import Batch, Draw
 from fastis.ops import Scores
 from fastis.samplers.ras import RAS
 
@@ -346,8 +346,7 @@ def test_corrupted_state_is_refused_and_changes_nothing(corrupt):
 def test_works_as_a_dataloader_batch_sampler():
     features = torch.arange(N, dtype=torch.float32)[:, None]
     sampler = RAS(N, 5, groups=GROUPS, seed=27)
-    loader = torch.utils.data.DataLoader(
-        Indexed(torch.utils.data.TensorDataset(features)), batch_sampler=sampler)
+    loader = sampler.loader(torch.utils.data.TensorDataset(features))
     for _ in range(3):
         for batch in loader:
             assert isinstance(batch, Batch)
