@@ -1,6 +1,6 @@
 // AliasTable build time without Python, and where it goes. The weights are n lognormal(0, 2)
 // values on 2 MiB pages, as numpy puts large arrays. Two kinds of build, as in
-// benchmarks/bench_sampler.py: a rebuild, whose table and weight copy reuse the memory of
+// benchmarks/bench_structures.py: a rebuild, whose table and weight copy reuse the memory of
 // the table freed before it (recycled_memory.hpp), and a build into fresh memory (nothing
 // kept for reuse). Each timed step includes freeing its table.
 //   - Without `profile`: the median times of both, for alternating two revisions of csrc/
@@ -10,7 +10,7 @@
 //     machine's memory allows (reading the weights, first touch of 8 bytes per item, writing
 //     8 bytes per item), all interleaved round-robin. The rest of the build (the table's
 //     first touch and the sweep) follows by difference. This is the profile behind the
-//     build target of issue 2 (README, "Benchmarks").
+//     AliasTable build target (benchmarks/README.md, docs/core.md).
 //
 // Build and run (arguments: n threads repeats [profile]):
 //   g++ -O3 -fno-math-errno -std=c++17 -Icsrc benchmarks/alias_build_harness.cpp

@@ -3,7 +3,7 @@
 // Large buffers come straight from mmap: the kernel hands out zeroed pages lazily (a tree
 // of billions of zero weights costs nothing until written), MAP_NORESERVE lets such a tree
 // exist beyond the overcommit heuristic, and MADV_HUGEPAGE asks for 2 MiB pages, which cut
-// TLB misses on the random accesses that dominate draws (SAMPLER.md section 5). A buffer
+// TLB misses on the random accesses that dominate draws (docs/core.md). A buffer
 // whose owner overwrites all of it can take over a freed buffer's mapping instead of fresh
 // pages (recycled_memory.hpp); every freed mapping is offered for that reuse.
 #pragma once

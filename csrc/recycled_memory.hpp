@@ -4,7 +4,7 @@
 // no use for the zeroed pages that fresh memory brings, yet it pays for them: the kernel
 // faults in and zeroes each new page (~6 ms per 80 MB here, so ~12 ms of a ~50 ms AliasTable
 // build at n = 1e7, README "Benchmarks"). Rebuilding a structure of the same size, the usual
-// way to use an alias table on epoch-level weights (SAMPLER.md section 5), can take over the
+// way to use an alias table on epoch-level weights (docs/core.md), can take over the
 // pages of the one it replaces instead.
 //
 // Kept mappings are marked MADV_FREE: the kernel may reclaim their pages whenever memory is

@@ -104,19 +104,26 @@ def collate(collate_fn: Callable[[list[Any]], Any] | None = None
         >>> batch.data.shape, batch.index.tolist(), batch.weight.tolist()
         (torch.Size([2, 3]), [4, 7], [1.0, 2.0])
     """
-    fn = collate_fn if collate_fn is not None else torch.utils.data.default_collate
+    return _Collator(collate_fn if collate_fn is not None else
+                     torch.utils.data.default_collate)
 
-    def collate_examples(examples: list[Example]) -> Batch:
+
+class _Collator:
+    """collate()'s result: a class, not a closure, so that DataLoader can send it to worker
+    processes started by spawn."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, examples: list[Example]) -> Batch:
         if not examples or not all(isinstance(e, Example) for e in examples):
             raise TypeError("fastis.data.collate() collates the examples of a "
                             "fastis.data.Indexed dataset (wrap the dataset, or use "
                             "sampler.loader(dataset))")
-        return Batch(fn([e.data for e in examples]),
+        return Batch(self.collate_fn([e.data for e in examples]),
                      torch.tensor([e.index for e in examples], dtype=torch.int64),
                      torch.tensor(np.array([e.weight for e in examples], np.float32)),
                      torch.tensor([e.step for e in examples], dtype=torch.int64))
-
-    return collate_examples
 
 
 class Draw:

@@ -1,10 +1,12 @@
-"""The README's training loop runs as written, for every sampler in its table, and resumes.
+"""The README's code runs as written: the plain loop and the fastis loop (which differ in at
+most five lines), every method's constructor from its table, the pool lines, resume, the
+DDP example on two processes, and the Lightning and transformers examples.
 
-The loop is taken from README.md (the code block after `<!-- sampler-loop -->`); each
-method's variant is made by the line replacements the README's table states."""
+Each block is taken from README.md, after its `<!-- marker -->`."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -14,81 +16,96 @@ from process_helpers import free_port, run_ranks
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import fastis
+
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+POOL_METHODS = ("UpperBound", "BiasedLoss exact")
 
 
-def readme_loop() -> str:
-    block = README.split("<!-- sampler-loop -->", 1)[1]
-    return re.search(r"```python\n(.*?)```", block, re.S).group(1)
+def readme_block(marker: str) -> str:
+    return re.search(r"```python\n(.*?)```", README.split(marker, 1)[1], re.S).group(1)
+
+
+def changed_lines(before: str, after: str) -> int:
+    """Lines added, removed or replaced from `before` to `after` (a replaced pair counts
+    once)."""
+    matcher = difflib.SequenceMatcher(a=before.splitlines(), b=after.splitlines())
+    return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+               if tag != "equal")
+
+
+def with_pool_lines(loop: str, model_call: str = "model(") -> str:
+    pool = readme_block("<!-- pool-lines -->").rstrip("\n").replace("model(", model_call)
+    unpack = "        x, y = batch\n"
+    assert loop.count(unpack) == 1
+    return loop.replace(unpack, unpack + pool + "\n")
 
 
 def variants() -> dict[str, str]:
-    """Method name -> the loop with that method's lines replaced, as the README says."""
-    loop = readme_loop()
-    section = README.split("What changes for each method", 1)[1].split("The protocol", 1)[0]
+    """Method -> the README loop with that method's constructor (and the pool lines for
+    the methods that score a pool)."""
+    loop = readme_block("<!-- sampler-loop -->")
     uniform_line = next(line for line in loop.splitlines() if line.startswith("sampler = "))
-    pool_lines = re.search(r"```python\n(.*?)```", section, re.S).group(1).rstrip("\n")
-    weight_line = next(line for line in loop.splitlines() if line.strip() == "w = batch.weight")
+    section = README.split("What changes for each method", 1)[1].split("<!-- pool-lines -->")[0]
     out = {"Uniform": loop}
     for row in section.splitlines():
-        name = re.match(r"\| `(\w+)`", row)
-        if not name:
-            continue
-        constructor = re.search(r"`(sampler = [^`]+)`", row)
-        if constructor:  # a one-line change: the constructor
-            out[name.group(1)] = loop.replace(uniform_line, constructor.group(1))
-        else:  # a pool method: the constructor and the weight line
-            example = re.search(r"e\.g\. `([^`]+)`", row).group(1)
-            pooled = loop.replace(weight_line, pool_lines)
-            out["UpperBound"] = pooled.replace(uniform_line, f"sampler = {example}")
-            out["BiasedLoss exact"] = pooled.replace(
-                uniform_line, "sampler = fastis.samplers.BiasedLoss(len(train_set), 128, seed=0)")
+        found = re.match(r"\| `(\w+)`( exact)?[^|]*\| `(sampler = [^`]+)` \|", row)
+        if found:
+            name = found.group(1) + (found.group(2) or "")
+            code = loop.replace(uniform_line, found.group(3))
+            out[name] = with_pool_lines(code) if name in POOL_METHODS else code
     return out
 
 
 VARIANTS = variants()
 
 
-def run(code: str, epochs: int, checkpoint_path: Path, resume: bool = False) -> dict:
-    """Runs the README loop on a small synthetic data set; returns its namespace."""
+def namespace(epochs: int) -> dict:
+    """The names the README's loop uses, on a small synthetic data set."""
     generator = torch.Generator().manual_seed(0)
-    n = 300
-    labels = torch.randint(0, 10, (n,), generator=generator)
-    images = torch.randn(n, 1, 8, 8, generator=generator) + labels.view(-1, 1, 1, 1) / 5
+    labels = torch.randint(0, 10, (300,), generator=generator)
+    images = torch.randn(300, 1, 8, 8, generator=generator) + labels.view(-1, 1, 1, 1) / 5
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    namespace = {"train_set": TensorDataset(images, labels), "train_labels": labels,
-                 "model": model, "optimizer": optimizer, "epochs": epochs,
-                 "checkpoint_path": checkpoint_path}
-    if resume:
-        # The README's resume: build the same objects, load the three states, run the loop.
-        setup, body = code.split("for epoch in range", 1)
-        exec(setup, namespace)
-        state = torch.load(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        namespace["sampler"].load_state_dict(state["sampler"])
-        code = "for epoch in range" + body
-    exec(code, namespace)
-    return namespace
+    return {"train_set": TensorDataset(images, labels), "train_labels": labels,
+            "model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+            "epochs": epochs, "fastis": fastis, "torch": torch,
+            "DataLoader": torch.utils.data.DataLoader, "F": torch.nn.functional}
+
+
+def test_the_fastis_loop_changes_at_most_five_lines_of_the_plain_one():
+    plain, ours = readme_block("<!-- plain-loop -->"), readme_block("<!-- sampler-loop -->")
+    assert changed_lines(plain, ours) <= 5
+    exec(plain, namespace(1))  # the plain loop runs too
 
 
 def test_the_table_covers_every_method():
     assert set(VARIANTS) == {"Uniform", "SoftRandom", "ImportanceSampler", "RAS",
                              "HighLossBatches", "BiasedLoss", "UpperBound", "BiasedLoss exact"}
-    for name, code in VARIANTS.items():
-        changed = set(code.splitlines()) - set(VARIANTS["Uniform"].splitlines())
-        assert len(changed) <= 10, name
+    for name in POOL_METHODS:
+        assert changed_lines(VARIANTS["Uniform"], VARIANTS[name]) == 3  # constructor + 2
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_readme_loop_trains_and_resumes_exactly(name, tmp_path):
     code = VARIANTS[name]
-    straight = run(code, 3, tmp_path / "straight.pt")
-    assert straight["sampler"].step > 0
-    run(code, 1, tmp_path / "ckpt.pt")
-    resumed = run(code, 3, tmp_path / "ckpt.pt", resume=True)
+    straight = namespace(3)
+    exec(code, straight)
+    assert straight["sampler"].step == 3 * len(straight["sampler"])
+    # One epoch, a checkpoint of the three states, then fresh objects resumed from it.
+    first = namespace(1)
+    exec(code, first)
+    torch.save({"model": first["model"].state_dict(),
+                "optimizer": first["optimizer"].state_dict(),
+                "sampler": first["sampler"].state_dict()}, tmp_path / "ckpt.pt")
+    resumed = namespace(3)
+    setup, body = code.split("for epoch in range", 1)
+    exec(setup, resumed)
+    state = torch.load(tmp_path / "ckpt.pt")
+    resumed["model"].load_state_dict(state["model"])
+    resumed["optimizer"].load_state_dict(state["optimizer"])
+    resumed["sampler"].load_state_dict(state["sampler"])
+    exec("for epoch in range" + body, resumed)
     assert resumed["sampler"].step == straight["sampler"].step
     for a, b in zip(straight["model"].parameters(), resumed["model"].parameters()):
         assert torch.equal(a, b), name
@@ -104,25 +121,21 @@ def _ddp_worker(rank: int, world: int, port: int, code: str, folder: str) -> Non
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (1024,), generator=generator)
     images = torch.randn(1024, 1, 8, 8, generator=generator)
-    namespace = {"train_set": TensorDataset(images, labels), "model": model,
-                 "optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "epochs": 2,
-                 "checkpoint_path": f"{folder}/ddp.pt"}
-    exec(code, namespace)
-    torch.save([p.detach() for p in namespace["model"].module.parameters()],
-               f"{folder}/rank{rank}.pt")
+    space = {"train_set": TensorDataset(images, labels), "model": model,
+             "optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "epochs": 2}
+    exec(code, space)
+    torch.save({"parameters": [p.detach() for p in space["model"].module.parameters()],
+                "sampler": space["sampler"].state_dict()}, f"{folder}/rank{rank}.pt")
 
 
 def ddp_variants() -> dict[str, str]:
-    """The README's DDP example, and its pool variant (the README's DDP pool lines instead
-    of `w = batch.weight`, with the exact BiasedLoss: every step a pool)."""
-    code = re.search(r"```python\n(.*?)```", README.split("<!-- ddp-example -->", 1)[1],
-                     re.S).group(1)
-    pool_lines = re.search(r"```python\n(.*?)```", README.split("<!-- ddp-pool-lines -->", 1)[1],
-                           re.S).group(1).rstrip("\n")
+    """The README's DDP example, and its pool variant (the pool lines scoring through
+    model.module, with the exact BiasedLoss: every step a pool)."""
+    code = readme_block("<!-- ddp-example -->")
     constructor = ("fastis.samplers.ImportanceSampler(len(train_set), batch_size=256, "
                    "floor=0.1, seed=0)")
-    assert constructor in code and "        w = batch.weight\n" in code
-    pooled = code.replace("        w = batch.weight", pool_lines).replace(
+    assert constructor in code
+    pooled = with_pool_lines(code, "model.module(").replace(
         constructor, "fastis.samplers.BiasedLoss(len(train_set), batch_size=256, seed=0)")
     return {"ImportanceSampler": code, "BiasedLoss": pooled}
 
@@ -130,15 +143,11 @@ def ddp_variants() -> dict[str, str]:
 @pytest.mark.parametrize("kind", ["ImportanceSampler", "BiasedLoss"])
 def test_readme_ddp_example_runs_on_two_processes(kind, tmp_path):
     run_ranks(_ddp_worker, 2, free_port(), ddp_variants()[kind], str(tmp_path))
-    # DDP kept the replicas equal, and rank 0 saved the global sampler state.
+    # DDP kept the replicas equal, and both ranks hold the same global sampler state.
     first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
-    state = torch.load(tmp_path / "ddp.pt")["sampler"]
-    assert state["kind"] == kind and state["acked"] == 2 * 4 - 1
-
-
-def readme_block(marker: str) -> str:
-    return re.search(r"```python\n(.*?)```", README.split(marker, 1)[1], re.S).group(1)
+    assert all(torch.equal(a, b) for a, b in zip(first["parameters"], second["parameters"]))
+    assert first["sampler"]["kind"] == kind and first["sampler"]["acked"] == 2 * 4 - 1
+    assert second["sampler"]["acked"] == first["sampler"]["acked"]
 
 
 def test_readme_lightning_example_trains_and_updates_the_sampler(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ E * M step budget, stale losses, the opt-in refresh, the score forms update() ta
 checks that change nothing, and exact resume mid-pass.
 
 Expected selections come from an independent reference written here: a dict of stored
-losses and Python's sorted() (ALGORITHMS.md 4.1), not the sampler's own code.
+losses and Python's sorted() (docs/methods.md), not the sampler's own code.
 """
 
 from __future__ import annotations

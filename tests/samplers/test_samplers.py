@@ -92,7 +92,7 @@ def test_uniform_without_replacement_is_a_permutation_per_epoch():
 
 
 def test_soft_random_coverage_per_epoch():
-    # Coverage of one SRS epoch is 1 - e^-rho in expectation (ALGORITHMS.md 5.2); its
+    # Coverage of one SRS epoch is 1 - e^-rho in expectation (docs/methods.md); its
     # standard deviation is below sqrt(N p (1 - p)) / N (occupancy indicators are negatively
     # correlated). 5 sigma: a false-alarm rate below 6e-7 per check.
     n = 20_000
