@@ -74,17 +74,22 @@ class Batch:
         return iter(self.data)
 
     def pin_memory(self) -> Batch:
-        return Batch(_pinned(self.data), self.index.pin_memory(), self.weight.pin_memory(),
-                     self.step.pin_memory())
+        return Batch(map_tensors(torch.Tensor.pin_memory, self.data),
+                     self.index.pin_memory(), self.weight.pin_memory(), self.step.pin_memory())
 
 
-def _pinned(data: Any) -> Any:
+def map_tensors(fn: Callable[[torch.Tensor], Any], data: Any, *, strict: bool = False) -> Any:
+    """`data` with fn applied to every tensor in it, through tuples, lists and dicts; other
+    values are kept (or, with `strict`, refused with a TypeError)."""
     if isinstance(data, torch.Tensor):
-        return data.pin_memory()
+        return fn(data)
     if isinstance(data, dict):
-        return {key: _pinned(value) for key, value in data.items()}
+        return {key: map_tensors(fn, value, strict=strict) for key, value in data.items()}
     if isinstance(data, (tuple, list)):
-        return type(data)(_pinned(value) for value in data)
+        return type(data)(map_tensors(fn, value, strict=strict) for value in data)
+    if strict:
+        raise TypeError(f"expected tensors, or tuples, lists and dicts of them, got "
+                        f"{type(data).__name__}")
     return data
 
 
@@ -228,11 +233,4 @@ def take_rows(data: Any, rows: torch.Tensor) -> Any:
         >>> x.tolist(), y.tolist()
         ([[4, 5], [0, 1]], [9, 7])
     """
-    if isinstance(data, torch.Tensor):
-        return data[rows.to(data.device)]
-    if isinstance(data, dict):
-        return {key: take_rows(value, rows) for key, value in data.items()}
-    if isinstance(data, (tuple, list)):
-        return type(data)(take_rows(value, rows) for value in data)
-    raise TypeError(f"take_rows() handles tensors, tuples, lists and dicts, got "
-                    f"{type(data).__name__}")
+    return map_tensors(lambda tensor: tensor[rows.to(tensor.device)], data, strict=True)
