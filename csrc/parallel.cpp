@@ -8,6 +8,7 @@
 #include <exception>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -174,6 +175,10 @@ int get_num_threads() { return g_threads.load(std::memory_order_relaxed); }
 
 void set_num_threads(int threads) {
   if (threads < 1) throw std::invalid_argument("the number of threads must be at least 1");
+  if (threads > kMaxThreads) {
+    throw std::invalid_argument("the number of threads must be at most " +
+                                std::to_string(kMaxThreads));
+  }
   g_threads.store(threads, std::memory_order_relaxed);
 }
 

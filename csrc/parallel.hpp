@@ -18,7 +18,9 @@
 namespace fastis {
 
 // Threads used by large calls (the caller plus get_num_threads() - 1 pool workers); set
-// from Python with fastis.set_num_threads().
+// from Python with fastis.set_num_threads(), which bounds it by the CPUs available. This is
+// the hard limit behind that bound.
+constexpr int kMaxThreads = 1024;
 int get_num_threads();
 void set_num_threads(int threads);
 

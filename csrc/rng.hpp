@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 namespace fastis {
 
@@ -61,9 +62,16 @@ struct RngState {
   uint64_t seed = 0;
   uint64_t counter = 0;
 
+  // Throws before changing anything when the counter would wrap past 2^64 - 1 (the
+  // stream would then repeat itself from block 0).
   uint64_t reserve(uint64_t draws) {
+    const uint64_t blocks = draws / 4 + (draws % 4 != 0);
+    if (blocks > UINT64_MAX - counter) {
+      throw std::overflow_error("the generator's counter would wrap past 2**64 - 1: this "
+                                "structure's random stream is exhausted (reseed it)");
+    }
     const uint64_t first = counter;
-    counter += (draws + 3) / 4;
+    counter += blocks;
     return first;
   }
 };

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "ingest.hpp"
@@ -92,6 +93,11 @@ SumTree::SumTree(const T* w, uint64_t n) : n_(n) {
 
 void SumTree::allocate_levels(bool zeroed) {
   if (n_ == 0) throw std::invalid_argument("a SumTree needs at least one example (n = 0)");
+  // Far beyond any memory (9 bytes per example), and small enough that no level size below
+  // can wrap around 2^64 when rounded up.
+  if (n_ > kMaxExamples) {
+    throw std::length_error("a SumTree holds at most 2**60 examples, got " + std::to_string(n_));
+  }
   // A level of `entries` whose first `used` hold weights or sums; the rest is zero padding.
   auto add_level = [&](uint64_t used, uint64_t entries) {
     if (zeroed) {

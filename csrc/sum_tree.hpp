@@ -22,6 +22,10 @@
 
 namespace fastis {
 
+// The most examples a SumTree holds: far beyond any memory, and small enough that no size
+// computation can wrap around 2^64.
+constexpr uint64_t kMaxExamples = uint64_t{1} << 60;
+
 class SumTree {
  public:
   // A tree of n zero weights (n >= 1).

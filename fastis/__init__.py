@@ -1,7 +1,7 @@
 """fastis: fast importance sampling for PyTorch training."""
 
 from fastis import data, distributed, ops, samplers
-from fastis._C import (
+from fastis.settings import (
     cached_bytes,
     empty_cache,
     get_num_threads,

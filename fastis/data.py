@@ -131,18 +131,25 @@ class _Collator:
                      torch.tensor([e.step for e in examples], dtype=torch.int64))
 
 
+_WIRING = ("a fastis sampler's batch (a Draw) reached a dataset as an index: build the "
+           "loader with sampler.loader(dataset), or DataLoader(fastis.data.Indexed(dataset), "
+           "batch_sampler=sampler) (batch_sampler=, not sampler=)")
+
+
 class Draw:
     """What a sampler yields for one step: indices, their weights and the step number.
 
-    It is small and picklable (DataLoader sends it to a worker process), iterates as
-    (index, weight, step) tuples, and `len()` is the batch size.
+    It is small and picklable (DataLoader sends it to a worker process, which hands it to
+    `Indexed.__getitems__`), and `len()` is the batch size. It is not a sequence of indices:
+    a dataset that receives one (a loader without `Indexed`, or `sampler=` instead of
+    `batch_sampler=`) gets a TypeError that says how to wire the loader.
 
     Examples:
         >>> import numpy as np
         >>> from fastis.data import Draw
         >>> draw = Draw(np.array([4, 2]), np.array([0.5, 2.0], np.float32), step=7)
-        >>> len(draw), list(draw)[0]
-        (2, (4, np.float32(0.5), 7))
+        >>> len(draw), draw.index.tolist(), draw.weight.tolist()
+        (2, [4, 2], [0.5, 2.0])
     """
 
     __slots__ = ("index", "step", "weight")
@@ -155,9 +162,16 @@ class Draw:
     def __len__(self) -> int:
         return len(self.index)
 
-    def __iter__(self) -> Iterator[tuple[int, np.float32, int]]:
-        for i, w in zip(self.index.tolist(), self.weight):
-            yield i, w, self.step
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError(_WIRING)
+
+    def __index__(self) -> int:
+        raise TypeError(_WIRING)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+        # Reached when a tensor is indexed with a Draw (a TensorDataset given sampler=).
+        raise TypeError(_WIRING)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -206,9 +220,8 @@ class Indexed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item: Any) -> Example:
-        if isinstance(item, tuple) and len(item) == 3:  # one (index, weight, step) of a Draw
-            index, weight, step = item
-            return Example(self.dataset[index], index, weight, step)
+        if isinstance(item, Draw):  # DataLoader(..., sampler=sampler): one Draw per "index"
+            raise TypeError(_WIRING)
         return Example(self.dataset[item], int(item), np.float32(1.0), -1)
 
     def __getitems__(self, draw: Any) -> list[Example]:

@@ -10,6 +10,7 @@ time (the C++ side holds a per-object lock and releases the GIL).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,10 @@ from fastis import _C
 from fastis.validation import as_count, as_indices, as_seed, as_weights
 
 _STATE_VERSION = 1
+# The most examples a SumTree holds (csrc/sum_tree.hpp: far beyond any memory).
+MAX_EXAMPLES = 2**60
+# The most indices one sample() call draws (its output alone would take 2^65 bytes).
+MAX_DRAWS = 2**62
 
 
 class _WeightedIndex:
@@ -60,9 +65,14 @@ class _WeightedIndex:
 
         Returns an int64 tensor [k]; with `with_probabilities=True` also the float64 tensor
         [k] of w_i / total for each drawn index (found during the draw, at no extra lookup
-        for SumTree). Raises ValueError if all weights are zero.
+        for SumTree). Raises ValueError if all weights are zero, OverflowError for k above
+        2**62 or when the generator's counter would wrap past 2**64 - 1, and MemoryError when
+        the k outputs do not fit in memory.
         """
-        idx, prob = self._core.sample(as_count(k), bool(with_probabilities))
+        k = as_count(k)
+        if k > MAX_DRAWS:
+            raise OverflowError(f"k must be at most 2**62, got {k}")
+        idx, prob = self._core.sample(k, bool(with_probabilities))
         if with_probabilities:
             return torch.from_numpy(idx), torch.from_numpy(prob)
         return torch.from_numpy(idx)
@@ -156,7 +166,10 @@ class SumTree(_WeightedIndex):
         """A tree of n zero weights, to be filled by update(). Untouched parts of a large
         tree cost no memory until written."""
         obj = cls.__new__(cls)
-        core = _C.SumTree.zeros(as_count(n, "n"))
+        n = as_count(n, "n")
+        if n > MAX_EXAMPLES:
+            raise ValueError(f"a SumTree holds at most 2**60 examples, got n = {n}")
+        core = _C.SumTree.zeros(n)
         core.seed = as_seed(seed)
         obj._core = core
         return obj
@@ -167,8 +180,15 @@ class SumTree(_WeightedIndex):
         Checked first: a bad index or weight raises and changes nothing."""
         idx = as_indices(indices)
         if np.ndim(weights) == 0 and not isinstance(weights, (str, bytes)):
-            # Checked as a 1-element array (dtype, device), then repeated.
+            # Checked as a 1-element array (dtype, device, value: also when no index is
+            # given), then repeated.
             one = as_weights(weights.reshape(1) if isinstance(weights, torch.Tensor) else [weights])
+            value = float(one[0])
+            if not (math.isfinite(value) and value >= 0):
+                what = ("NaN" if math.isnan(value) else ("+inf" if value > 0 else "-inf")
+                        if math.isinf(value) else f"negative ({value})")
+                raise ValueError(f"the weight is {what}; weights must be finite and "
+                                 "non-negative")
             weights = np.full(len(idx), one[0], dtype=one.dtype)
         self._core.update(idx, as_weights(weights))
 

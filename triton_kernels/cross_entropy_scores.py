@@ -31,6 +31,7 @@ def _cross_entropy_scores_kernel(
     LOG1P_GAP: tl.constexpr,
     HAS_ROWS: tl.constexpr,
     STORE_LSE: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64)
@@ -46,15 +47,17 @@ def _cross_entropy_scores_kernel(
     y = tl.where(keep & valid, y, 0)
     row = tl.where(valid, row, 0)
     base = logits_ptr + row * stride_row
-    z_y = tl.load(base + y * stride_col).to(tl.float32)
-    m = tl.full((), float("-inf"), tl.float32)
-    d = tl.zeros((), tl.float32)
-    d_y = tl.zeros((), tl.float32)
-    q_y = tl.zeros((), tl.float32)
+    # ACC: float64 for float64 logits (their range kept, as the other backends do), else
+    # float32.
+    z_y = tl.load(base + y * stride_col).to(ACC)
+    m = tl.full((), float("-inf"), ACC)
+    d = tl.zeros((), ACC)
+    d_y = tl.zeros((), ACC)
+    q_y = tl.zeros((), ACC)
     for start in range(0, num_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK).to(tl.int64)
         inside = cols < num_classes
-        z = tl.load(base + cols * stride_col, mask=inside, other=float("-inf")).to(tl.float32)
+        z = tl.load(base + cols * stride_col, mask=inside, other=float("-inf")).to(ACC)
         m, d, d_y, q_y = fold_tile(m, d, d_y, q_y, z, cols == y, AXIS=0)
     loss, grad_norm = finish(m, d, d_y, q_y, z_y, LOG1P_GAP=LOG1P_GAP)
     if STORE_LSE:  # for a backward pass: log sum_j e^(z_j)
@@ -98,6 +101,7 @@ def cross_entropy_scores(
         LOG1P_GAP=LOG1P_GAP,
         HAS_ROWS=rows is not None,
         STORE_LSE=lse_out is not None,
+        ACC=tl.float64 if logits.dtype == torch.float64 else tl.float32,
         BLOCK=block,
     )
     return Scores(loss, grad_norm)

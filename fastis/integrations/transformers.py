@@ -29,6 +29,7 @@ re-sharding its batches.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +110,16 @@ class ImportanceSamplingMixin:
         self._pools = sampler.scores_pools
         # The sampler resumes its own stream: skipping batches would skip twice.
         self.args.ignore_data_skip = True
+        # The sampler's batch is the one trained on; the Trainer's own batch size only
+        # feeds its counts (samples per second, epochs), which must then use the same.
+        per_device = _per_device_batch(sampler)
+        if self.args.per_device_train_batch_size != per_device:
+            warnings.warn(
+                f"per_device_train_batch_size = {self.args.per_device_train_batch_size} "
+                f"differs from the {per_device} examples per device the fastis sampler "
+                f"trains on: it is set to {per_device}, so that the Trainer's counts "
+                "(samples per second, epochs) are right", UserWarning, stacklevel=2)
+            self.args.per_device_train_batch_size = per_device
         # compute_loss returns the micro-batch's mean: the Trainer divides it by the
         # accumulation steps (the model's own normalisation by num_items_in_batch would
         # count a pool's examples, not the trained picks).
@@ -118,8 +129,13 @@ class ImportanceSamplingMixin:
     def get_train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
+        # The loader gets a generator of its own: creating its iterator would otherwise
+        # draw a worker seed from torch's global generator, which a resumed run restores
+        # (Trainer._load_rng_state) just before that draw, so the dropout masks after a
+        # resume would differ from the uninterrupted run's. The sampler needs none.
         loader = DataLoader(
             Indexed(self.train_dataset), batch_sampler=self.sampler,
+            generator=torch.Generator().manual_seed(self.args.seed),
             collate_fn=self._collate, num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers,
@@ -194,6 +210,13 @@ class ImportanceSamplingMixin:
                                  f"({SAMPLER_FILE}): it was not saved by this trainer")
             self.sampler.load_state_dict(torch.load(path))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+def _per_device_batch(sampler: BatchSampler | Sharded) -> int:
+    """The examples each process trains on per step (a pool method's picks, not its pool)."""
+    if isinstance(sampler, Sharded):
+        return -(-sampler.sampler.batch_size // sampler.world_size)
+    return sampler.batch_size
 
 
 class ImportanceSamplingTrainer(ImportanceSamplingMixin, transformers.Trainer):

@@ -44,6 +44,13 @@ def runs_on(device: torch.device) -> bool:
     return True
 
 
+def _accumulated(x: torch.Tensor) -> torch.Tensor:
+    """x in the precision its statistics are accumulated in: float64 for float64 input (its
+    range and precision kept, so a loss beyond float32's range becomes inf, not NaN, once
+    stored as float32), float32 otherwise."""
+    return x.double() if x.dtype == torch.float64 else x.float()
+
+
 def _chunk_rows(num_classes: int, chunk_elements: int) -> int:
     return max(1, chunk_elements // max(1, num_classes))
 
@@ -172,7 +179,7 @@ def cross_entropy_scores(
     grad_norm = torch.zeros_like(loss)
     step = _chunk_rows(num_classes, chunk_elements)
     for c in _chunks(target, rows, step, ignore_index, num_rows, num_classes):
-        stats = _stats(logits[c.picked].detach().float(), c.target)
+        stats = _stats(_accumulated(logits[c.picked].detach()), c.target)
         loss[c.begin : c.end], grad_norm[c.begin : c.end] = _blank(_finish(stats), c)
         if lse_out is not None:
             lse_out[c.begin : c.end] = torch.where(c.valid, log_sum_exp(stats), torch.nan)
@@ -232,10 +239,11 @@ def linear_cross_entropy_scores(
     # Tiles of about chunk_elements logits: class tiles of up to class_tile, then as many rows.
     class_step = min(num_classes, class_tile)
     row_step = _chunk_rows(class_step, chunk_elements)
-    w32 = weight.detach().float()
-    b32 = None if bias is None else bias.detach().float()
+    wide = torch.float64 in (hidden.dtype, weight.dtype)
+    w32 = weight.detach().to(torch.float64 if wide else torch.float32)
+    b32 = None if bias is None else bias.detach().to(w32.dtype)
     for c in _chunks(target, rows, row_step, ignore_index, hidden.shape[0], num_classes):
-        h = hidden[c.picked].detach().float()
+        h = hidden[c.picked].detach().to(w32.dtype)
         y_safe = c.target
         merged = None
         for first in range(0, num_classes, class_step):

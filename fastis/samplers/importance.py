@@ -31,7 +31,7 @@ from fastis.samplers.base import MAX_SCORE, BatchSampler
 from fastis.samplers.draws import STREAM_DRAW, step_generator
 from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.structures import SumTree
-from fastis.validation import non_negative, probability
+from fastis.validation import as_indices, non_negative, probability
 
 
 class ImportanceSampler(BatchSampler):
@@ -109,7 +109,7 @@ class ImportanceSampler(BatchSampler):
 
     def probabilities(self, index: Any) -> np.ndarray:
         """p_i (float64) of the current distribution for the given indices."""
-        u, index = self.uniform_share(), np.asarray(index, np.int64)
+        u, index = self.uniform_share(), as_indices(index, "index").astype(np.int64)
         by_score = self._tree.probabilities(index).numpy() if u < 1.0 else 0.0
         return (1.0 - u) * by_score + u / self.num_examples
 

@@ -428,8 +428,12 @@ class LSTMLossPredictor(LossPredictor):
         prediction = self._net(*self._inputs(index))
         loss = nn.functional.mse_loss(prediction, target)
         self._optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._optimizer.step()
+        # Losses near float32's limit (their squares overflow in the MSE) would turn every
+        # parameter NaN in one step: such a step is skipped, the histories still record them.
+        if torch.isfinite(loss):
+            loss.backward()
+            if all(torch.isfinite(p.grad).all() for p in self._net.parameters()):
+                self._optimizer.step()
         self._append(index, losses)
 
     def _append(self, index: np.ndarray, losses: np.ndarray) -> None:

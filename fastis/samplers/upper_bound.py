@@ -47,6 +47,10 @@ class UpperBound(PoolSampler):
         momentum: a_tau, the EMA momentum of tau (0.9).
         cost: "paper" (backward = 2 forwards) or "measured".
         reuse_forward: the loop back-propagates through the pool's own forward (see above).
+        max_weight: None (default: unbiased weights 1 / (B g)), or a bound on the picks'
+            weights. Clipping trades a bias (examples with tiny scores count less than their
+            share) for a bounded variance: a pick whose score is near 0 would otherwise get
+            a huge weight. `stats()["max_weight"]` shows the weights trained on.
         forward_batch_size: rows per call of a scoring callable (default b).
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed.
@@ -66,7 +70,8 @@ class UpperBound(PoolSampler):
 
     def __init__(self, num_examples: int, batch_size: int, *, presample: float = 3.0,
                  tau_th: float | None = None, momentum: float = 0.9, cost: str = "paper",
-                 reuse_forward: bool = False, forward_batch_size: int | None = None,
+                 reuse_forward: bool = False, max_weight: float | None = None,
+                 forward_batch_size: int | None = None,
                  steps_per_epoch: int | None = None, seed: int | None = None) -> None:
         presample = real_number(presample, "presample")
         if not (math.isfinite(presample) and presample >= 1):
@@ -83,6 +88,11 @@ class UpperBound(PoolSampler):
         self.presample, self.tau_th, self.cost = presample, tau_th, cost
         self.momentum = probability(momentum, "momentum", allow_one=False)
         self.reuse_forward = bool(reuse_forward)
+        self.max_weight = None if max_weight is None else real_number(max_weight, "max_weight")
+        if self.max_weight is not None and not (math.isfinite(self.max_weight)
+                                                and self.max_weight >= 1):
+            raise ValueError(f"max_weight must be finite and >= 1 (the mean weight is 1), got "
+                             f"{max_weight}")
         self.tau = 0.0
         self._forward_cost = math.nan  # seconds per example, scoring forward (EMA)
         self._step_cost = math.nan  # seconds per example, training step (EMA)
@@ -91,7 +101,8 @@ class UpperBound(PoolSampler):
     def _config(self) -> dict:
         return {**super()._config(), "presample": self.presample, "tau_th": self.tau_th,
                 "momentum": self.momentum, "cost": self.cost,
-                "reuse_forward": self.reuse_forward, "steps_per_epoch": self._epoch_steps}
+                "reuse_forward": self.reuse_forward, "max_weight": self.max_weight,
+                "steps_per_epoch": self._epoch_steps}
 
     def threshold(self) -> float:
         """tau_th now: the given one, or the cost model's (module docstring)."""
@@ -119,7 +130,8 @@ class UpperBound(PoolSampler):
         return Draw(index, np.ones(self.batch_size, np.float32), step)
 
     def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return 1.0 / (self.pool_size * normalised(scores)[rows])
+        weights = 1.0 / (self.pool_size * normalised(scores)[rows])
+        return weights if self.max_weight is None else np.minimum(weights, self.max_weight)
 
     def _pool_scored(self, scores: np.ndarray, forward_seconds: float | None) -> None:
         self._update_tau(scores)

@@ -41,12 +41,12 @@ def dataset() -> list[dict]:
     return [{"input_ids": t, "labels": int(y)} for t, y in zip(tokens, labels)]
 
 
-def tiny_bert():
+def tiny_bert(dropout: float = 0.0):
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=16, num_labels=3,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # deterministic steps
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return transformers.BertForSequenceClassification(config)
 
 
@@ -68,6 +68,9 @@ def tiny_gpt2():
 
 
 TASKS = {"classification": (tiny_bert, dataset, classification_loss),
+         # BERT's default dropout: a resumed run must restore the RNG exactly where the
+         # interrupted one left it.
+         "classification-dropout": (lambda: tiny_bert(0.1), dataset, classification_loss),
          "causal-lm": (tiny_gpt2, text_dataset, causal_lm_loss)}
 
 
@@ -86,7 +89,9 @@ def train(method: str, output_dir, accumulation: int, resume=None, task="classif
 
 @pytest.mark.parametrize("method, accumulation, task", [
     ("ImportanceSampler", 1, "classification"), ("ImportanceSampler", 2, "classification"),
-    ("UpperBound", 1, "classification"), ("ImportanceSampler", 1, "causal-lm")])
+    ("UpperBound", 1, "classification"), ("ImportanceSampler", 1, "causal-lm"),
+    ("ImportanceSampler", 1, "classification-dropout"),
+    ("ImportanceSampler", 2, "classification-dropout")])
 def test_checkpoint_resume_ends_where_the_uninterrupted_run_ends(method, accumulation, task,
                                                                  tmp_path):
     straight = train(method, tmp_path / "straight", accumulation, task=task)

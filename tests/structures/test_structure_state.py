@@ -137,7 +137,7 @@ def test_state_weights_of_any_input_type(structure, weights):
     assert np.array_equal(obj.sample(20).numpy(), replay(structure, np.ones(4), 5, 9, 20))
 
 
-@pytest.mark.parametrize("counter", [2**32, 2**63, 2**64 - 1])
+@pytest.mark.parametrize("counter", [2**32, 2**63, 2**64 - 2])
 def test_full_range_counter_is_kept(structure, counter):
     # The counter is a full 64-bit integer: the next block after a load is exactly `counter`.
     state = {
@@ -162,3 +162,20 @@ def test_load_state_dict_replaces_weights_seed_and_counter():
     # and it stays a working SumTree
     tree.update([1], [4.0])
     assert tree.total == 8.0
+
+
+def test_a_counter_that_would_wrap_is_kept_but_draws_nothing(structure):
+    # 2**64 - 1 is the last counter a state holds; drawing from it would move the counter
+    # past 2**64 - 1, back to 0, and repeat the stream: refused, and nothing changes.
+    state = {"kind": structure.__name__, "version": 1, "weights": np.ones(7), "seed": 123,
+             "counter": 2**64 - 1}
+    obj = structure.from_state_dict(state)
+    with pytest.raises(OverflowError, match="wrap"):
+        obj.sample(1)
+    assert counter_of(obj) == 2**64 - 1
+    # One block (up to 4 draws) fits below the end of the range.
+    obj = structure.from_state_dict({**state, "counter": 2**64 - 2})
+    obj.sample(4)
+    assert counter_of(obj) == 2**64 - 1
+    with pytest.raises(OverflowError, match="wrap"):
+        obj.sample(1)
