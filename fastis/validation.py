@@ -41,8 +41,6 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
         arr = np.asarray(x)
     except (ValueError, TypeError) as err:
         raise TypeError(f"{name} could not be read as a numeric array: {err}") from None
-    if arr.size == 0 and arr.dtype == np.float64:
-        return arr.astype(np.int64) if name == "indices" else arr
     return arr
 
 
@@ -68,6 +66,8 @@ def as_weights(x: Any, name: str = "weights") -> np.ndarray:
 def as_indices(x: Any, name: str = "indices") -> np.ndarray:
     """A 1-D contiguous int32/int64 array of `x` (no copy when it already is one)."""
     arr = _to_numpy(x, name)
+    if arr.size == 0 and isinstance(x, (list, tuple)):
+        arr = arr.astype(np.int64)  # numpy reads an empty sequence as float64
     _require_1d(arr, name)
     kind = arr.dtype.kind
     if kind not in "iu":

@@ -52,3 +52,17 @@ def result_of_forked_child(target: Callable[..., Any], *args: Any, timeout: floa
     child.join(timeout=timeout)
     assert child.exitcode == 0, f"the child exited with {child.exitcode}"
     return result
+
+
+def run_python(code: str, timeout: float = 120.0) -> str:
+    """Runs `code` in a fresh Python process and returns its stdout, after checking that it
+    exited with 0: a test of input that once crashed the process (a segfault, an abort) runs
+    there, so that a regression fails the test instead of killing the test run."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, (f"the child exited with {done.returncode}\n"
+                                  f"{done.stdout}\n{done.stderr}")
+    return done.stdout

@@ -6,8 +6,9 @@ approximate variant replaces the forward pass of the big model with a small mode
 scoring a pool of 2048 costs a few milliseconds. Both predictors here follow one protocol
 (`LossPredictor`):
 
-- `predict(index)`: the predicted loss of each listed example, float64, clipped at >= 1e-6
-  (as the official code does) so that it can be used as a sampling score directly.
+- `predict(index)`: the predicted loss of each listed example, float64, clipped to
+  [1e-6, 1e30] (the lower bound as the official code does) so that it can be used as a
+  sampling score directly.
 - `observe(index, losses)`: the training loop reports the losses it just computed; the
   predictor learns from them (one online step) and records them.
 - `state_dict()` / `load_state_dict()`: an exact round trip, checked before anything is
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastis.samplers.base import MAX_SCORE
 from fastis.samplers.state import (
     HEADER,
     Array,
@@ -46,6 +48,8 @@ _STATE_VERSION = 1
 # Lower bound of every prediction (the official code's np.maximum(scores, 1e-6)): a score of
 # 0 would make an example undrawable, and its importance weight infinite.
 MIN_PREDICTION = 1e-6
+# Upper bound of every prediction: the largest score a sampler accepts.
+MAX_PREDICTION = MAX_SCORE
 # Value of history slot 0 before anything was observed (official code: `init = 1.0`).
 _HISTORY_INIT = 1.0
 
@@ -227,7 +231,7 @@ class PerClassGaussian(LossPredictor):
         mean, std = self._moments()
         scores = mean + std
         scores[~seen] = scores[seen].mean()
-        return np.maximum(scores, MIN_PREDICTION)
+        return np.clip(scores, MIN_PREDICTION, MAX_PREDICTION)
 
     def predict(self, index: np.ndarray) -> np.ndarray:
         """float64 [m]: the score of each example's class."""
@@ -414,7 +418,7 @@ class LSTMLossPredictor(LossPredictor):
             out = self._net(*self._inputs(index)).double()
             if self.log_space:
                 out = out.exp()
-        return np.maximum(out.numpy(), MIN_PREDICTION)
+        return np.clip(out.numpy(), MIN_PREDICTION, MAX_PREDICTION)
 
     def observe(self, index: np.ndarray, losses: np.ndarray) -> None:
         """One Adam step on these examples, then their histories receive the losses."""

@@ -235,3 +235,20 @@ def test_two_processes_train_on_shards_of_one_global_stream(method, tmp_path):
     assert ranks[0]["parameters"] == ranks[1]["parameters"]
     if method == "UpperBound":
         assert ranks[0]["state"]["importance_steps"] >= 2  # pools happened
+
+
+def test_the_trainers_batch_size_is_aligned_with_the_samplers(tmp_path):
+    # The sampler's batch is trained on; a different per_device_train_batch_size would only
+    # make the Trainer's counts (samples per second, epochs) wrong: it is aligned, loudly.
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, report_to=[],
+                                          use_cpu=True, per_device_train_batch_size=16)
+    with pytest.warns(UserWarning, match="per_device_train_batch_size = 16"):
+        trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=args, train_dataset=dataset(),
+                                            sampler=METHODS["ImportanceSampler"]())
+    assert trainer.args.per_device_train_batch_size == BATCH
+    pooled = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, report_to=[],
+                                            use_cpu=True, per_device_train_batch_size=BATCH)
+    trainer = ImportanceSamplingTrainer(model=tiny_bert(), args=pooled,
+                                        train_dataset=dataset(),
+                                        sampler=METHODS["UpperBound"]())  # picks, not pools
+    assert trainer.args.per_device_train_batch_size == BATCH

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_same_structure
+from process_helpers import run_python
 
+import fastis
 from fastis import AliasTable, SumTree
 
 NAN, INF = float("nan"), float("inf")
@@ -339,3 +341,86 @@ def test_all_zero_state_dict_of_an_alias_table_is_rejected():
     with pytest.raises(ValueError, match="zero"):
         obj.load_state_dict({**obj.state_dict(), "weights": torch.zeros(5)})
     assert_same_structure(obj, twin)
+
+
+# ---------------------------------------------------------------------- sizes and settings
+@pytest.mark.parametrize("n", [2**60 + 1, 2**63, 2**64 - 1, 2**64, 2**70])
+def test_zeros_beyond_the_largest_tree_is_refused(n):
+    with pytest.raises(ValueError, match="at most 2\\*\\*60"):
+        SumTree.zeros(n)
+
+
+def test_a_wrapped_size_never_builds_a_tree_that_crashes_later():
+    # Once, zeros(2**64 - 1) rounded its size to a 104-byte tree, and the next read or update
+    # segfaulted: run where a crash fails the test, not the test run.
+    out = run_python(
+        "import fastis\n"
+        "for n in (2**64 - 1, 2**64 - 8, 2**61):\n"
+        "    try:\n"
+        "        t = fastis.SumTree.zeros(n)\n"
+        "    except ValueError:\n"
+        "        print('refused')\n"
+        "        continue\n"
+        "    t.weights([0]); t.update([5], [1.0]); print('built')\n"
+        "from fastis import _C\n"
+        "try:\n"
+        "    _C.SumTree.zeros(2**61)\n"
+        "except ValueError:\n"
+        "    print('core refused')\n")
+    assert out.split() == ["refused"] * 3 + ["core", "refused"]
+
+
+@pytest.mark.parametrize(("k", "exc", "match"), [
+    (2**63, OverflowError, "at most 2\\*\\*62"), (2**62 + 1, OverflowError, "2\\*\\*62"),
+    (torch.tensor([3]), TypeError, "single integer"), (np.array([3]), TypeError, "single"),
+    (3.0, TypeError, "integer"), (True, TypeError, "integer"), ("3", TypeError, "integer")])
+def test_bad_draw_counts_are_refused_and_change_nothing(structure, k, exc, match):
+    obj, twin = twins(structure)
+    with pytest.raises(exc, match=match):
+        obj.sample(k)
+    assert_same_structure(obj, twin)
+
+
+def test_a_draw_too_large_for_memory_raises_memory_error_and_changes_nothing(structure):
+    obj, twin = twins(structure)
+    with pytest.raises(MemoryError):
+        obj.sample(2**45)  # 256 TiB of indices
+    assert_same_structure(obj, twin)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, np.float32("nan")])
+def test_a_bad_scalar_weight_is_refused_even_without_indices(bad):
+    tree, twin = twins(SumTree)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        tree.update([], bad)
+    assert_same_structure(tree, twin)
+
+
+@pytest.mark.parametrize(("threads", "exc", "match"), [
+    (100_000, ValueError, "at most"), (fastis.settings.MAX_THREADS + 1, ValueError, "at most"),
+    (0, ValueError, "at least 1"), (-3, ValueError, ">= 0"), (2.0, TypeError, "integer"),
+    (True, TypeError, "integer"), ("2", TypeError, "integer"), (None, TypeError, "integer")])
+def test_bad_thread_counts_are_refused_and_change_nothing(threads, exc, match):
+    before = fastis.get_num_threads()
+    with pytest.raises(exc, match=match):
+        fastis.set_num_threads(threads)
+    assert fastis.get_num_threads() == before
+
+
+def test_the_largest_thread_count_is_accepted(threads):
+    threads(fastis.settings.MAX_THREADS)
+    assert fastis.get_num_threads() == fastis.settings.MAX_THREADS
+    tree = SumTree(np.ones(1 << 16), seed=0)  # a large call on that many threads
+    assert len(tree.sample(1 << 16)) == 1 << 16
+
+
+@pytest.mark.parametrize(("nbytes", "exc"), [(2**64, OverflowError), (2**63, OverflowError),
+                                             (1.5, TypeError), ("1", TypeError)])
+def test_bad_cache_limits_are_refused_and_change_nothing(nbytes, exc):
+    before = fastis.set_cache_limit(1 << 30)
+    try:
+        with pytest.raises(exc):
+            fastis.set_cache_limit(nbytes)
+        assert fastis.set_cache_limit(1 << 30) == 1 << 30
+    finally:
+        fastis.set_cache_limit(before)
