@@ -15,6 +15,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from fastis.samplers import (
+    RAS,
+    BiasedLoss,
+    HighLossBatches,
+    ImportanceSampler,
+    SoftRandom,
+    Uniform,
+    UpperBound,
+)
+
 
 def same_state(a: Any, b: Any) -> bool:
     """Deep equality of state dicts holding dicts, lists, numpy arrays, tensors, floats."""
@@ -112,3 +122,52 @@ def train(sampler, num_steps: int, score_fn, prefetch: int = 0,
             if len(consumed) == save_after:
                 saved = copy.deepcopy(sampler.state_dict())
     return consumed, saved
+
+
+# ---------------------------------------------------------------------- every sampler
+# A small data set, and every sampler on it: the ones that learn from scores, then the rest.
+N, B = 60, 6
+LABELS = np.arange(N) % 3
+
+# Samplers that learn from scores; each after a few steps of training.
+LEARNERS = {
+    "ImportanceSampler": lambda: ImportanceSampler(N, B, floor=0.1, seed=0),
+    "UpperBound": lambda: UpperBound(N, B, tau_th=1.0, momentum=0.0, seed=0),
+    "BiasedLoss exact": lambda: BiasedLoss(N, B, pool_size=12, seed=0),
+    "BiasedLoss gaussian": lambda: BiasedLoss(N, B, predictor="gaussian", labels=LABELS,
+                                              pool_size=24, seed=0),
+    "BiasedLoss lstm": lambda: BiasedLoss(N, B, predictor="lstm", labels=LABELS, pool_size=24,
+                                          seed=0),
+    "RAS": lambda: RAS(N, B, groups=LABELS, seed=0),
+    "HighLossBatches": lambda: HighLossBatches(N, B, seed=0),
+}
+ALL = {**LEARNERS, "Uniform": lambda: Uniform(N, B, seed=0),
+       "SoftRandom": lambda: SoftRandom(N, B, rate=0.5, seed=0),
+       "RS2": lambda: SoftRandom(N, B, rate=0.5, replacement=False, seed=0)}
+
+
+def step(sampler, scores_of=lambda index: (index % 7 + 1) / 7.0):
+    """One training step: draw, select (pools), update with scores; returns the draw."""
+    draw = next(iter(sampler))
+    index = draw.index
+    if sampler.scores_pools:
+        index = sampler.select(draw, scores_of(draw.index)).index.numpy()
+    sampler.update(draw, scores_of(index))
+    return draw
+
+
+def trained(name: str, steps: int = 4):
+    sampler = ALL[name]()
+    for _ in range(steps):
+        step(sampler)
+    return sampler
+
+
+def pending(sampler):
+    """A drawn batch not yet reported (a pool already selected), and how many scores its
+    update takes."""
+    draw = next(iter(sampler))
+    size = len(draw)
+    if sampler.scores_pools:
+        size = len(sampler.select(draw, np.ones(len(draw))).rows)
+    return draw, size

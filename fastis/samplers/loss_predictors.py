@@ -478,18 +478,22 @@ class LSTMLossPredictor(LossPredictor):
         if set(model) != set(mine):
             raise StateError("corrupted LSTMLossPredictor state_dict: model parameters differ")
         for name, value in model.items():
-            if not isinstance(value, torch.Tensor) or value.shape != mine[name].shape:
-                raise StateError(f"LSTMLossPredictor state_dict: model.{name} has shape "
-                                 f"{_shape_of(value)}, expected {list(mine[name].shape)}")
+            if not isinstance(value, torch.Tensor) or value.shape != mine[name].shape \
+                    or not value.is_floating_point():
+                raise StateError(f"LSTMLossPredictor state_dict: model.{name} must be a float "
+                                 f"tensor of shape {list(mine[name].shape)}, got "
+                                 f"{_shape_of(value)}")
             if not torch.isfinite(value).all():
                 raise StateError(f"LSTMLossPredictor state_dict: model.{name} holds NaN or "
                                  "infinite values")
-        _check_adam_state(optimizer, [p.shape for p in self._net.parameters()])
+        moments = _adam_state(optimizer, [p.shape for p in self._net.parameters()])
 
-        # Everything checked: install. The optimizer state is copied because Adam updates
-        # its tensors in place, and load_state_dict would otherwise adopt the caller's.
-        self._net.load_state_dict(model)
-        self._optimizer.load_state_dict(copy.deepcopy(optimizer))
+        # Everything checked: install (copies: Adam updates its tensors in place).
+        self._net.load_state_dict({name: value.detach().clone() for name, value in
+                                   model.items()})
+        self._optimizer.load_state_dict({"state": moments,
+                                         "param_groups": self._optimizer.state_dict()[
+                                             "param_groups"]})
         self._history, self._counts = fields["history"], fields["counts"]
 
 
@@ -498,8 +502,10 @@ def _shape_of(value: Any) -> Any:
     return list(value.shape) if hasattr(value, "shape") else type(value).__name__
 
 
-def _check_adam_state(state: Any, shapes: list[torch.Size]) -> None:
-    """ValueError unless `state` is an Adam state_dict for parameters of `shapes`."""
+def _adam_state(state: Any, shapes: list[torch.Size]) -> dict[int, dict[str, torch.Tensor]]:
+    """The per-parameter Adam state (step, exp_avg, exp_avg_sq) of an optimizer state_dict
+    for parameters of `shapes`, checked and copied; StateError otherwise. Its param_groups
+    (the hyperparameters) are not taken: they follow from the configuration."""
     bad = "corrupted LSTMLossPredictor state_dict: optimizer "
     if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
         raise StateError(bad + "state is not an optimizer state_dict")
@@ -510,14 +516,23 @@ def _check_adam_state(state: Any, shapes: list[torch.Size]) -> None:
     per_param = state.get("state")
     if not isinstance(per_param, dict) or not set(per_param) <= set(range(len(shapes))):
         raise StateError(bad + "state does not match the model")
+    out = {}
     for i, entry in per_param.items():
-        if not isinstance(entry, dict):
-            raise StateError(bad + f"state[{i}] is not a dict")
+        if not isinstance(entry, dict) or set(entry) != {"step", "exp_avg", "exp_avg_sq"}:
+            raise StateError(bad + f"state[{i}] must hold step, exp_avg and exp_avg_sq")
+        step = entry["step"]
+        step = step.item() if isinstance(step, torch.Tensor) and step.numel() == 1 else step
+        if isinstance(step, bool) or not isinstance(step, (int, float)) \
+                or not (math.isfinite(step) and step >= 0):
+            raise StateError(bad + f"state[{i}]['step'] must be a number >= 0")
+        moments = {}
         for key in ("exp_avg", "exp_avg_sq"):
-            value = entry.get(key)
-            if not isinstance(value, torch.Tensor) or value.shape != shapes[i]:
-                raise StateError(bad + f"state[{i}][{key!r}] has shape {_shape_of(value)}, "
-                                 f"expected {list(shapes[i])}")
-        if "step" not in entry:
-            raise StateError(bad + f"state[{i}] has no step")
-
+            value = entry[key]
+            if not isinstance(value, torch.Tensor) or value.shape != shapes[i] \
+                    or not value.is_floating_point() or not torch.isfinite(value).all() \
+                    or (key == "exp_avg_sq" and (value < 0).any()):
+                raise StateError(bad + f"state[{i}][{key!r}] must be finite float values of "
+                                 f"shape {list(shapes[i])} (and >= 0 for exp_avg_sq)")
+            moments[key] = value.detach().to(torch.float32).clone()
+        out[i] = {"step": torch.tensor(float(step)), **moments}
+    return out

@@ -35,12 +35,12 @@ def check_state_header(state: Any, *, fmt: str, version: int, kind: str,
                        config: dict[str, Any], what: str) -> None:
     """Raises ValueError naming the problem unless `state` is a dict with this format,
     version, kind and exactly this configuration (NaN equals NaN)."""
-    if not isinstance(state, Mapping) or state.get("format") != fmt:
+    if not isinstance(state, Mapping) or not _same(state.get("format"), fmt):
         raise StateError(f"not a fastis {what} state_dict")
-    if state.get("version") != version:
+    if not _same(state.get("version"), version):
         raise StateError(f"{what} state version {state.get('version')!r} is not supported "
                          f"(this fastis reads version {version})")
-    if state.get("kind") != kind:
+    if not _same(state.get("kind"), kind):
         raise StateError(f"this state_dict belongs to a {state.get('kind')}, not a {kind}")
     theirs = state.get("config")
     if not isinstance(theirs, Mapping):
@@ -53,11 +53,18 @@ def check_state_header(state: Any, *, fmt: str, version: int, kind: str,
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal configuration values: plain Python values of the same kind (NaN equals NaN;
+    True is not 1; an array or tensor never equals a plain value)."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if type(a) is not type(b) and (isinstance(a, bool) or isinstance(b, bool)):
         return False  # True == 1 in Python; not in a configuration
-    return bool(a == b)
+    if isinstance(a, (np.ndarray, torch.Tensor)) or isinstance(b, (np.ndarray, torch.Tensor)):
+        return False
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):  # values that do not compare
+        return False
 
 
 def portable(value: Any) -> Any:
