@@ -160,7 +160,7 @@ def test_readme_lightning_example_trains_and_updates_the_sampler(tmp_path, monke
                  "model": nn.Sequential(nn.Flatten(), nn.Linear(64, 10))}
     exec(readme_block("<!-- lightning-example -->"), namespace)
     assert namespace["sampler"].step == 2 * 4  # every batch of both epochs reported back
-    assert namespace["sampler"].stats()["max_weight"] != 1.0  # scores reached the sampler
+    assert namespace["sampler"].stats()["scored"] > 0  # scores reached the sampler
 
 
 def test_readme_transformers_example_trains_checkpoints_and_resumes(tmp_path):

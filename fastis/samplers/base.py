@@ -79,8 +79,9 @@ class BatchSampler(abc.ABC):
     Hooks a method implements (each called with the sampler's lock held):
         `_draw(step) -> Draw`      abstract: the batch of step `step`, from its generator
                                    (`fastis.samplers.draws.step_generator`).
-        `_observe(index, scores, step)`  learn from the scores of the trained examples
-                                   (default: nothing; `scores` may be None).
+        `_observe(index, scores, step, weight)`  learn from the scores of the trained
+                                   examples, drawn with loss weights `weight` (None for
+                                   scores given through observe()); default: nothing.
         `_trained_index(index, step)`    the examples of a step that were trained on
                                    (default: the batch; pools: the picks).
         `_config() -> dict`        the configuration a state must match (extend super's).
@@ -90,7 +91,9 @@ class BatchSampler(abc.ABC):
         `_load_method_state(fields)`   installs parsed, checked fields (check consistency
                                    first, raise before changing anything).
         `_stats() -> dict`         the method's own figures for `stats()`.
-    Set `self._epoch_steps` in `__init__` when an epoch is not ceil(N / b) steps.
+    Set `self._epoch_steps` in `__init__` when an epoch is not ceil(N / b) steps; a method
+    whose epochs differ in length overrides `_epoch_start(epoch)` (the first step of an
+    epoch) and `_epoch_of(step)`.
 
     Args:
         num_examples: N >= 1.
@@ -146,13 +149,24 @@ class BatchSampler(abc.ABC):
 
     # ------------------------------------------------------------------ the stream
     def __len__(self) -> int:
-        """Steps per epoch, fixed at construction (learning-rate schedules rely on it)."""
-        return self._epoch_steps
+        """Steps of the current epoch (known when it starts; for most methods fixed at
+        construction: learning-rate schedules rely on it)."""
+        with self._lock:
+            epoch = self.epoch
+            return self._epoch_start(epoch + 1) - self._epoch_start(epoch)
+
+    def _epoch_start(self, epoch: int) -> int:
+        """The first step of `epoch`."""
+        return epoch * self._epoch_steps
+
+    def _epoch_of(self, step: int) -> int:
+        """The epoch that step `step` belongs to."""
+        return step // self._epoch_steps
 
     @property
     def epoch(self) -> int:
         """The epoch of the next batch the loop will consume (the one to resume in)."""
-        return (self._acked + 1) // self._epoch_steps
+        return self._epoch_of(self._acked + 1)
 
     @property
     def step(self) -> int:
@@ -165,12 +179,12 @@ class BatchSampler(abc.ABC):
         at the start of every epoch (as Lightning and transformers do) continues a run
         resumed in the middle of epoch e instead of restarting it."""
         epoch = as_count(epoch, "epoch")
-        if epoch * self._epoch_steps > MAX_STEP:
+        if epoch * self.num_examples > MAX_STEP:
             raise OverflowError(f"epoch {epoch} is beyond the last step a sampler can draw")
         with self._lock:
             if epoch == self.epoch:
                 return
-            self._next_step = epoch * self._epoch_steps
+            self._next_step = self._epoch_start(epoch)
             self._acked = self._next_step - 1
             self._in_flight.clear()
             self._replay.clear()
@@ -180,7 +194,7 @@ class BatchSampler(abc.ABC):
         `load_state_dict()` it first yields the batches that were in flight."""
         with self._lock:
             first = self._replay[0].step if self._replay else self._next_step
-        end = (first // self._epoch_steps + 1) * self._epoch_steps
+            end = self._epoch_start(self._epoch_of(first) + 1)
         while True:
             with self._lock:
                 draw = self._next_draw(end)
@@ -263,8 +277,10 @@ class BatchSampler(abc.ABC):
         """
         with self._lock:
             index, step = self.batch_of(batch)
-            self._check_drawn(index, self.drawn(step))
-            self._observe(self._trained_index(index, step), scores, step)
+            draw = self.drawn(step)
+            self._check_drawn(index, draw)
+            self._observe(self._trained_index(index, step), scores, step,
+                          self._trained_weight(index, draw))
             self._acknowledge(step)
 
     def _check_drawn(self, index: np.ndarray, draw: Draw) -> None:
@@ -297,13 +313,24 @@ class BatchSampler(abc.ABC):
             index = as_indices(index, "index").astype(np.int64, copy=False)
             if len(index) and (index.min() < 0 or index.max() >= self.num_examples):
                 raise IndexError(f"index holds values outside [0, {self.num_examples})")
-            self._observe(index, scores, max(self._acked, 0))
+            self._observe(index, scores, max(self._acked, 0), None)
 
     def _trained_index(self, index: np.ndarray, step: int) -> np.ndarray:
         """The examples of step `step` that were trained on (default: the whole batch)."""
         return index
 
-    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:  # noqa: B027
+    def _trained_weight(self, index: np.ndarray, draw: Draw) -> np.ndarray:
+        """float64 loss weights of the trained examples, aligned with `index` (the draw's
+        weights, put in the batch's order when the loop reordered it)."""
+        if np.array_equal(index, draw.index):
+            return draw.weight.astype(np.float64)
+        weight = np.empty(len(index))
+        weight[np.argsort(index, kind="stable")] = draw.weight[
+            np.argsort(draw.index, kind="stable")]
+        return weight
+
+    def _observe(self, index: np.ndarray, scores: Any, step: int,  # noqa: B027
+                 weight: np.ndarray | None) -> None:
         """Default: nothing to learn (an optional hook)."""
 
     def drawn(self, step: int) -> Draw:
@@ -372,6 +399,15 @@ class BatchSampler(abc.ABC):
             raise ValueError(f"{name} must be >= 0 and at most {MAX_SCORE:g}, got values in "
                              f"[{values.min():g}, {values.max():g}]")
         return values
+
+    def norms_of(self, scores: Any, size: int, *, allow_invalid: bool = False) -> np.ndarray:
+        """float64 [size]: the trained examples' gradient norms (or their bound), for the
+        variance guard: the grad_norm field of a fastis.ops.Scores, else the scores
+        themselves (a loss stands in for its gradient's norm)."""
+        if hasattr(scores, "grad_norm") and not isinstance(scores, (torch.Tensor, np.ndarray)):
+            return self.scores_of(scores.grad_norm, size, name="grad_norm",
+                                  allow_invalid=allow_invalid)
+        return self.scores_of(scores, size, allow_invalid=allow_invalid)
 
     # ------------------------------------------------------------------ reporting
     def stats(self) -> dict[str, float]:

@@ -142,7 +142,8 @@ class BiasedLoss(PoolSampler):
         return scale * biased
 
     # ------------------------------------------------------------------ feedback
-    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+    def _observe(self, index: np.ndarray, scores: Any, step: int,
+                 weight: np.ndarray | None) -> None:
         if self.predictor is None:
             # The exact variant keeps no history; scores, when given, are still checked.
             if scores is not None:

@@ -141,7 +141,8 @@ class HighLossBatches(BatchSampler):
         return Draw(self._partition[batch_id].copy(), np.ones(self.batch_size, np.float32), step)
 
     # ------------------------------------------------------------------ feedback
-    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+    def _observe(self, index: np.ndarray, scores: Any, step: int,
+                 weight: np.ndarray | None) -> None:
         batch_id = self._batch_id(index)
         loss = self._batch_loss(scores, len(index))
         self._losses[batch_id] = loss

@@ -8,10 +8,15 @@ the user feeds), initially `initial_score`. Each step draws b indices with repla
 
 which is the distribution of the smoothed scores s_i + c mixed with uniform at weight
 `floor`; both are mixtures with the uniform distribution, so a draw is a coin flip between
-the tree (O(log N)) and a uniform index, and p_i >= floor / N keeps every weight below
-1 / floor. The weights w_i = 1 / (N p_i) make the weighted loss an unbiased estimate of the
-full-data mean loss (docs/methods.md). Smoothing by a multiple of the *current*
-mean score, c = a * S / N, gives u = a / (1 + a): it is `floor = a / (1 + a)`.
+the tree (O(log N)) and a uniform index, and p_i >= u / N keeps every weight below 1 / u.
+The weights w_i = 1 / (N p_i) make the weighted loss an unbiased estimate of the full-data
+mean loss (docs/methods.md). Smoothing by a multiple of the *current* mean score,
+c = a * S / N, gives u = a / (1 + a): it is `floor = a / (1 + a)`.
+
+The variance guard (`guard=True`, the default; fastis.samplers.guard) raises u above that
+floor whenever the trained batches' fresh gradient norms say the score distribution does not
+beat uniform sampling's second moment: stale or heavy-tailed scores make it back off, up to
+uniform sampling; scores that match the gradient norms keep it.
 
 Scores go through `power` (s ** gamma, gamma in (0, 1] flattens the distribution) before they
 are stored. Staleness (steps since each example's score was written) is tracked in O(1) per
@@ -29,7 +34,8 @@ import numpy as np
 from fastis.data import Draw
 from fastis.samplers.base import MAX_SCORE, BatchSampler
 from fastis.samplers.draws import STREAM_DRAW, step_generator
-from fastis.samplers.state import MAX_STEP, Array, Field, Nested
+from fastis.samplers.guard import VarianceGuard
+from fastis.samplers.state import MAX_STEP, Array, Field, Nested, read_fields
 from fastis.structures import SumTree
 from fastis.validation import as_indices, non_negative, probability
 
@@ -50,6 +56,8 @@ class ImportanceSampler(BatchSampler):
             "grad_norm").
         invalid: "raise" (default): NaN, inf or negative scores raise ValueError and change
             nothing; "skip": those examples keep their previous score.
+        guard: the variance guard (module docstring); it reads the gradient norms of a
+            fastis.ops.Scores given to update() (plain scores stand in for them).
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed.
 
@@ -64,8 +72,8 @@ class ImportanceSampler(BatchSampler):
 
     def __init__(self, num_examples: int, batch_size: int, *, initial_score: Any = 1.0,
                  smoothing: float = 0.0, floor: float = 0.0, power: float = 1.0,
-                 score: str = "loss", invalid: str = "raise", steps_per_epoch: int | None = None,
-                 seed: int | None = None) -> None:
+                 score: str = "loss", invalid: str = "raise", guard: bool = True,
+                 steps_per_epoch: int | None = None, seed: int | None = None) -> None:
         super().__init__(num_examples, batch_size, seed=seed, steps_per_epoch=steps_per_epoch)
         initial = self._initial_scores(initial_score)
         self.smoothing = non_negative(smoothing, "smoothing")
@@ -76,6 +84,7 @@ class ImportanceSampler(BatchSampler):
         if invalid not in ("raise", "skip"):
             raise ValueError(f"invalid must be 'raise' or 'skip', got {invalid!r}")
         self.score_field, self.invalid = score, invalid
+        self.guard = VarianceGuard() if guard else None
         self._tree = SumTree(initial, seed=self.seed)
         self._stamp = np.full(self.num_examples, -1, np.int64)  # step of each score, -1: none
         self._num_scored = 0
@@ -97,21 +106,30 @@ class ImportanceSampler(BatchSampler):
         return {**super()._config(), "initial_score": self.initial_score,
                 "smoothing": self.smoothing, "floor": self.floor, "power": self.power,
                 "score": self.score_field, "invalid": self.invalid,
-                "steps_per_epoch": self._epoch_steps}
+                "guard": self.guard is not None, "steps_per_epoch": self._epoch_steps}
 
     # ------------------------------------------------------------------ drawing
-    def uniform_share(self) -> float:
-        """u, the probability that a draw is uniform rather than from the scores."""
+    def _configured_share(self) -> float:
+        """The uniform share the floor and smoothing give."""
         total, smooth_mass = self._tree.total, self.num_examples * self.smoothing
         if total + smooth_mass == 0:
             return 1.0
         return self.floor + (1.0 - self.floor) * smooth_mass / (total + smooth_mass)
 
+    def uniform_share(self) -> float:
+        """u, the probability that a draw is uniform rather than from the scores: the floor
+        and smoothing's, raised by the variance guard where it backs off."""
+        share = self._configured_share()
+        return share if self.guard is None else max(share, self.guard.mix)
+
     def probabilities(self, index: Any) -> np.ndarray:
         """p_i (float64) of the current distribution for the given indices."""
         u, index = self.uniform_share(), as_indices(index, "index").astype(np.int64)
-        by_score = self._tree.probabilities(index).numpy() if u < 1.0 else 0.0
-        return (1.0 - u) * by_score + u / self.num_examples
+        if len(index) and (index.min() < 0 or index.max() >= self.num_examples):
+            raise IndexError(f"index holds values outside [0, {self.num_examples})")
+        if u >= 1.0:
+            return np.full(len(index), 1.0 / self.num_examples)
+        return (1.0 - u) * self._tree.probabilities(index).numpy() + u / self.num_examples
 
     def _draw(self, step: int) -> Draw:
         b, u = self.batch_size, self.uniform_share()
@@ -126,10 +144,21 @@ class ImportanceSampler(BatchSampler):
         return Draw(index, weight.astype(np.float32), step)
 
     # ------------------------------------------------------------------ feedback
-    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+    def _observe(self, index: np.ndarray, scores: Any, step: int,
+                 weight: np.ndarray | None) -> None:
         if scores is None:
             raise ValueError(f"{type(self).__name__}.update() needs the batch's scores")
         values = self._checked_scores(scores, len(index))
+        if self.guard is not None and weight is not None and len(index):
+            # Before the new scores are written: the candidates are mixtures of the score
+            # distribution these examples were drawn under (up to later updates).
+            by_score = self._tree.probabilities(index).numpy() if self._tree.total > 0 \
+                else np.full(len(index), 1.0 / self.num_examples)
+            candidates = self.guard.candidate_weights(by_score, 1.0 / self.num_examples,
+                                                      floor=self._configured_share())
+            norms = self.norms_of(scores, len(index), allow_invalid=self.invalid == "skip")
+            valid = np.isfinite(norms) & (norms >= 0)  # invalid="skip": the rest are left out
+            self.guard.observe_batch(weight[valid], norms[valid], candidates[:, valid])
         keep = np.isfinite(values)
         index, values = index[keep], values[keep]
         # Duplicates: the last write wins, as in SumTree.update; unique over the reversed
@@ -157,15 +186,22 @@ class ImportanceSampler(BatchSampler):
         scored = self._num_scored
         staleness = self.step - 1 - self._stamp_sum / scored if scored else math.nan
         return {"scored": scored / self.num_examples, "staleness": staleness,
-                "uniform_share": self.uniform_share()}
+                "uniform_share": self.uniform_share(),
+                **(self.guard.stats() if self.guard is not None else {})}
 
     # ------------------------------------------------------------------ state
     def _method_state(self) -> dict[str, Any]:
-        return {"tree": self._tree.state_dict(), "stamp": self._stamp.copy()}
+        state = {"tree": self._tree.state_dict(), "stamp": self._stamp.copy()}
+        if self.guard is not None:
+            state["guard"] = self.guard.state()
+        return state
 
     def _method_schema(self) -> dict[str, Field]:
-        return {"tree": Nested(),
-                "stamp": Array("int", (self.num_examples,), low=-1, high=MAX_STEP)}
+        schema = {"tree": Nested(),
+                  "stamp": Array("int", (self.num_examples,), low=-1, high=MAX_STEP)}
+        if self.guard is not None:
+            schema["guard"] = Nested()
+        return schema
 
     def _load_method_state(self, fields: dict[str, Any]) -> None:
         stamp = fields["stamp"]
@@ -177,6 +213,12 @@ class ImportanceSampler(BatchSampler):
         weights = tree.weights().numpy()
         if weights.max(initial=0.0) > MAX_SCORE:
             raise ValueError(f"corrupted ImportanceSampler state: scores above {MAX_SCORE:g}")
+        guard = None
+        if self.guard is not None:
+            guard = VarianceGuard()
+            guard.load(read_fields(fields["guard"], guard.schema(), "variance guard"))
         scored = stamp >= 0
         self._tree, self._stamp = tree, stamp
+        if guard is not None:
+            self.guard = guard
         self._num_scored, self._stamp_sum = int(scored.sum()), int(stamp[scored].sum())

@@ -201,6 +201,11 @@ class PoolSampler(BatchSampler):
             raise ValueError(f"step {step} is a pool: call select() on it before update()")
         return self._picked[step].index.numpy()
 
+    def _trained_weight(self, index: np.ndarray, draw: Draw) -> np.ndarray:
+        if draw.step not in self._pool_steps:
+            return super()._trained_weight(index, draw)
+        return self._picked[draw.step].weight.numpy().astype(np.float64)
+
     def _sampling_scores(self, scores: np.ndarray) -> np.ndarray:
         """The scores g is proportional to (default: as reported)."""
         return scores

@@ -130,7 +130,8 @@ class RAS(BatchSampler):
         return Draw(index, weight, step)
 
     # ------------------------------------------------------------------ feedback
-    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+    def _observe(self, index: np.ndarray, scores: Any, step: int,
+                 weight: np.ndarray | None) -> None:
         if scores is None:
             raise ValueError("RAS.update() needs scores: the per-example gradient-norm bound "
                              "(a float [b] tensor or a fastis.ops.Scores)")

@@ -146,7 +146,8 @@ class UpperBound(PoolSampler):
         self.tau = self.momentum * self.tau + (1 - self.momentum) * math.sqrt(
             len(g) * float(g @ g))
 
-    def _observe(self, index: np.ndarray, scores: Any, step: int) -> None:
+    def _observe(self, index: np.ndarray, scores: Any, step: int,
+                 weight: np.ndarray | None) -> None:
         if scores is None:
             raise ValueError("UpperBound.update() needs the scores of the trained examples "
                              "(they drive tau on uniform steps)")

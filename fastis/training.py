@@ -1,0 +1,317 @@
+"""Training a model with a fastis sampler, for the demo and the experiments: classification
+tasks on real data (models, regimes, metrics) and one loop that trains with any sampler under
+a budget of steps or of wall-clock seconds.
+
+The loop is the README's: each step draws a batch, lets a pool method choose from it, trains
+on mean(w * per-example loss), and reports the scores of the same forward back. Data loading,
+sampling, scoring and the optimizer step count against the budget; evaluation does not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import fastis
+from fastis import datasets
+from fastis.data import take_rows
+
+__all__ = ["MLP", "Budget", "ClassificationTask", "Run", "SmallCNN", "image_task", "train"]
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv layers (16 and 32 channels, each followed by 2x2 max-pooling) and two
+    linear layers, for 28 x 28 grey images: ~14 ms per training step of 128 on 2 CPU cores.
+
+    Examples:
+        >>> import torch
+        >>> from fastis.training import SmallCNN
+        >>> SmallCNN()(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Sequential):
+    """Flattened inputs through hidden layers with ReLU; no hidden layer is softmax
+    regression (a convex problem).
+
+    Examples:
+        >>> import torch
+        >>> from fastis.training import MLP
+        >>> MLP(784, (256, 128)).forward(torch.zeros(3, 784)).shape
+        torch.Size([3, 10])
+    """
+
+    def __init__(self, inputs: int, hidden: tuple[int, ...] = (256, 128),
+                 classes: int = 10) -> None:
+        widths = (inputs, *hidden)
+        layers: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        super().__init__(*layers, nn.Linear(widths[-1], classes))
+
+
+class ClassificationTask:
+    """A classification task held in memory: training and test tensors, the model to train,
+    the per-example losses and scores of a batch, and the metrics (training loss on a fixed
+    probe of the training set, or on all of it; test accuracy; balanced test accuracy).
+
+    Examples:
+        >>> import torch
+        >>> from fastis.training import ClassificationTask, MLP
+        >>> x, y = torch.randn(40, 5), torch.arange(40) % 2
+        >>> task = ClassificationTask(x, y, x, y, lambda: MLP(5, (), classes=2))
+        >>> sorted(task.metrics(task.model()))
+        ['balanced_accuracy', 'test_accuracy', 'train_loss']
+    """
+
+    def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                 test_y: torch.Tensor, model: Callable[[], nn.Module], *,
+                 probe: int | None = None, seed: int = 0) -> None:
+        self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
+        self._model = model
+        self.num_examples = len(train_y)
+        self.classes = int(max(train_y.max(), test_y.max())) + 1
+        self.groups = train_y.numpy()  # side information for RAS: the class
+        self.initial_loss = math.log(self.classes)  # an untrained model's loss
+        rng = np.random.default_rng(seed)
+        rows = (np.arange(self.num_examples) if probe is None or probe >= self.num_examples
+                else np.sort(rng.choice(self.num_examples, probe, replace=False)))
+        self.train_probe = torch.from_numpy(rows)
+
+    def dataset(self) -> TensorDataset:
+        return TensorDataset(self.train_x, self.train_y)
+
+    def model(self) -> nn.Module:
+        return self._model()
+
+    def example_losses(self, model: nn.Module, data: Any, weight: torch.Tensor
+                       ) -> tuple[torch.Tensor, fastis.ops.Scores]:
+        """(weight * cross-entropy per example [b], with autograd; the Scores [b] of the
+        unweighted loss), from one fused pass over the logits."""
+        x, y = data
+        return fastis.ops.cross_entropy_with_scores(model(x), y, weight=weight)
+
+    def scores(self, model: nn.Module, data: Any) -> fastis.ops.Scores:
+        x, y = data
+        return fastis.ops.cross_entropy_scores(model(x), y)
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        loss = sum(F.cross_entropy(model(self.train_x[rows]), self.train_y[rows],
+                                   reduction="sum").item()
+                   for rows in self.train_probe.split(4096)) / len(self.train_probe)
+        predicted = torch.cat([model(chunk).argmax(1) for chunk in self.test_x.split(4096)])
+        correct = predicted == self.test_y
+        per_class = [correct[self.test_y == c].float().mean().item() for c in range(self.classes)
+                     if (self.test_y == c).any()]
+        model.train(was_training)
+        return {"train_loss": loss, "test_accuracy": correct.float().mean().item(),
+                "balanced_accuracy": float(np.mean(per_class))}
+
+
+def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 0.0,
+               train_examples: int | None = None, imbalance: float = 1.0,
+               label_noise: float = 0.0, probe: int | None = 2500, seed: int = 0,
+               data_seed: int = 1234) -> ClassificationTask:
+    """A task on 28 x 28 grey images (Fashion-MNIST, MNIST): normalised pixels, and the
+    regime's changes to the data, each drawn once from `data_seed`.
+
+    Args:
+        split: the images and labels.
+        model: "cnn" (SmallCNN), "mlp" (784-256-128-10) or "linear" (softmax regression).
+        row_scale: sigma of a log-normal factor multiplying each image (train and test), so
+            that examples differ in scale (0: none).
+        train_examples: keep this many training images (a fixed random subset).
+        imbalance: the rarest class keeps this fraction of its images, the others in
+            between geometrically (1: balanced); the test set stays as it is.
+        label_noise: this fraction of training labels replaced by another class at random.
+        probe: training examples of the tracked training loss (None: all of them).
+        seed: the probe's draw.
+
+    Examples:
+        >>> import numpy as np
+        >>> from fastis.datasets import Split
+        >>> from fastis.training import image_task
+        >>> images = np.random.default_rng(0).integers(0, 255, (100, 28, 28)).astype(np.uint8)
+        >>> split = Split(images, np.arange(100) % 10, images[:20], np.arange(20) % 10)
+        >>> task = image_task(split, model="linear", label_noise=0.2, probe=None)
+        >>> task.num_examples, int((task.train_y != split.train_labels[:100]).sum())
+        (100, 20)
+    """
+    rng = np.random.default_rng(data_seed)
+    train_images, train_labels = split.train_images, split.train_labels.copy()
+    keep = np.arange(len(train_labels))
+    if imbalance < 1.0:
+        classes = int(train_labels.max()) + 1
+        fraction = imbalance ** (np.arange(classes) / max(classes - 1, 1))
+        keep = np.concatenate([rng.permutation(np.flatnonzero(train_labels == c))[
+            :max(1, round(fraction[c] * (train_labels == c).sum()))] for c in range(classes)])
+    if train_examples is not None:
+        keep = rng.permutation(keep)[:train_examples]
+    keep = np.sort(keep)
+    train_images, train_labels = train_images[keep], train_labels[keep]
+    if label_noise > 0:
+        classes = int(split.train_labels.max()) + 1
+        flip = rng.permutation(len(train_labels))[:round(label_noise * len(train_labels))]
+        train_labels[flip] = (train_labels[flip] + rng.integers(1, classes, len(flip))) % classes
+
+    def pixels(raw: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(raw).float().div_(255).sub_(datasets.FASHION_MNIST_MEAN)
+        x = x.div_(datasets.FASHION_MNIST_STD)
+        if row_scale > 0:
+            scale = rng.lognormal(0.0, row_scale, len(raw)).astype(np.float32)
+            x = x * torch.from_numpy(scale).view(-1, 1, 1)
+        return x.unsqueeze(1) if model == "cnn" else x.reshape(len(raw), -1)
+
+    train_x, test_x = pixels(train_images), pixels(split.test_images)
+    classes = int(split.train_labels.max()) + 1
+    factory = {"cnn": lambda: SmallCNN(classes), "mlp": lambda: MLP(784, (256, 128), classes),
+               "linear": lambda: MLP(784, (), classes)}[model]
+    return ClassificationTask(train_x, torch.from_numpy(train_labels), test_x,
+                              torch.from_numpy(split.test_labels.astype(np.int64)), factory,
+                              probe=probe, seed=seed)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Train for `steps` optimizer steps or `seconds` of training time (one of them), with
+    `evaluations` evenly spaced measurements."""
+
+    steps: int | None = None
+    seconds: float | None = None
+    evaluations: int = 8
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.seconds is None):
+            raise ValueError("a budget is a number of steps or of seconds (one of them)")
+
+    def progress(self, steps: int, seconds: float) -> float:
+        """The fraction of the budget used."""
+        return steps / self.steps if self.steps is not None else seconds / self.seconds
+
+
+@dataclass
+class Run:
+    """One training run: at each evaluation the training seconds, steps and back-propagated
+    examples so far, and the task's metrics; the sampler's stats at the end."""
+
+    method: str
+    seconds: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    backprops: list[int] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    sampler_stats: dict[str, float] = field(default_factory=dict)
+
+    def first_reaching(self, metric: str, target: float, *, below: bool = False,
+                       axis: str = "seconds") -> float:
+        """The `axis` value (seconds, steps or backprops) at which `metric` first reaches
+        `target` (at or above it; at or below with `below`), interpolated linearly between
+        the evaluations around the crossing; NaN if it never does."""
+        xs, ys = getattr(self, axis), self.metrics[metric]
+        for i, value in enumerate(ys):
+            if (value <= target) if below else (value >= target):
+                if i == 0:
+                    return float(xs[0])
+                x0, y0 = xs[i - 1], ys[i - 1]
+                return float(x0 + (target - y0) / (value - y0) * (xs[i] - x0))
+        return math.nan
+
+
+def step_decay(progress: float) -> float:
+    """The learning rate's factor: 1, then 0.1 from half the budget, 0.01 from 80%."""
+    return 1.0 if progress < 0.5 else (0.1 if progress < 0.8 else 0.01)
+
+
+def cosine(progress: float) -> float:
+    """The learning rate's factor: a cosine from 1 to 0 over the budget."""
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train(task: ClassificationTask | Any, sampler: Any, method: str, *, budget: Budget,
+          lr: float, schedule: Callable[[float], float] = step_decay, momentum: float = 0.9,
+          seed: int = 0, progress: Callable[[float], None] | None = None) -> Run:
+    """Trains a fresh model of the task (initial weights from `seed`) with `sampler` (SGD
+    with momentum, the learning rate lr * schedule(fraction of the budget used)); returns
+    its Run.
+
+    Examples:
+        >>> import torch, fastis
+        >>> from fastis.training import Budget, ClassificationTask, MLP, train
+        >>> x, y = torch.randn(64, 5), torch.arange(64) % 2
+        >>> task = ClassificationTask(x, y, x, y, lambda: MLP(5, (), classes=2))
+        >>> run = train(task, fastis.samplers.Uniform(64, 16, seed=0), "uniform",
+        ...             budget=Budget(steps=8, evaluations=2), lr=0.1)
+        >>> run.steps, run.backprops
+        ([0, 4, 8], [0, 64, 128])
+    """
+    torch.manual_seed(seed)
+    model = task.model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loader = sampler.loader(task.dataset())
+    run = Run(method)
+    clock, steps, backprops = 0.0, 0, 0
+    every = 1.0 / budget.evaluations
+
+    def record() -> None:
+        run.seconds.append(clock)
+        run.steps.append(steps)
+        run.backprops.append(backprops)
+        for name, value in task.metrics(model).items():
+            run.metrics.setdefault(name, []).append(value)
+
+    record()
+    next_eval = every
+    while budget.progress(steps, clock) < 1.0:
+        iterator = iter(loader)
+        while budget.progress(steps, clock) < 1.0:
+            start = time.perf_counter()
+            batch = next(iterator, None)
+            if batch is None:
+                break  # the epoch ended: a new iterator starts the next one
+            for group in optimizer.param_groups:
+                group["lr"] = lr * schedule(budget.progress(steps, clock))
+            data, weight = batch.data, batch.weight
+            if sampler.scores_pools:  # pool methods: score the pool, keep part of it
+                pick = sampler.select(batch, lambda rows, data=data: task.scores(
+                    model, take_rows(data, rows)))
+                data, weight = pick.take(data), pick.weight
+            losses, scores = task.example_losses(model, data, weight)
+            optimizer.zero_grad(set_to_none=True)
+            losses.mean().backward()
+            optimizer.step()
+            sampler.update(batch, scores)
+            steps += 1
+            backprops += len(weight)
+            elapsed = time.perf_counter() - start
+            clock += elapsed
+            if progress is not None:
+                progress(elapsed)
+            if budget.progress(steps, clock) >= next_eval - 1e-9:
+                record()
+                next_eval += every
+    if run.steps[-1] < steps:
+        record()
+    run.sampler_stats = sampler.stats()
+    return run
