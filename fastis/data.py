@@ -120,7 +120,9 @@ class _Collator:
     def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
         self.collate_fn = collate_fn
 
-    def __call__(self, examples: list[Example]) -> Batch:
+    def __call__(self, examples: list[Example] | Batch) -> Batch:
+        if isinstance(examples, Batch):  # fetched whole by Indexed(batches=True)
+            return examples
         if not examples or not all(isinstance(e, Example) for e in examples):
             raise TypeError("fastis.data.collate() collates the examples of a "
                             "fastis.data.Indexed dataset (wrap the dataset, or use "
@@ -198,6 +200,11 @@ class Indexed(torch.utils.data.Dataset):
     has one, else one `ds[i]` at a time); `Indexed(ds)[i]` for a plain int gives
     `Example(ds[i], i, 1.0, -1)`, so evaluation loaders work on the same object.
 
+    With `batches=True` (what `sampler.loader()` asks for), a dataset held in tensors (a
+    `TensorDataset`) is fetched a whole batch at a time: one gather per tensor, and the
+    result is already a `Batch` (`fastis.data.collate` passes it through), instead of one
+    `__getitem__` per example and a stack per field (~1 ms per batch of 128 on a CPU core).
+
     Examples:
         >>> import numpy as np, torch
         >>> from fastis.data import Draw, Indexed
@@ -208,13 +215,14 @@ class Indexed(torch.utils.data.Dataset):
         -1
     """
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, *, batches: bool = False) -> None:
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
             raise TypeError(
                 "Indexed needs a map-style dataset (with __getitem__ and __len__), got "
                 f"{type(dataset).__name__}"
             )
         self.dataset = dataset
+        self.batches = bool(batches) and isinstance(dataset, torch.utils.data.TensorDataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -224,9 +232,14 @@ class Indexed(torch.utils.data.Dataset):
             raise TypeError(_WIRING)
         return Example(self.dataset[item], int(item), np.float32(1.0), -1)
 
-    def __getitems__(self, draw: Any) -> list[Example]:
+    def __getitems__(self, draw: Any) -> list[Example] | Batch:
         if not isinstance(draw, Draw):
             return [self[item] for item in draw]
+        if self.batches:
+            index = torch.tensor(draw.index, dtype=torch.int64)  # a copy: the draw is kept
+            return Batch([t[index] for t in self.dataset.tensors], index,
+                         torch.tensor(draw.weight, dtype=torch.float32),
+                         torch.full((len(index),), draw.step, dtype=torch.int64))
         indices = draw.index.tolist()
         getitems = getattr(self.dataset, "__getitems__", None)
         examples = getitems(indices) if getitems else [self.dataset[i] for i in indices]

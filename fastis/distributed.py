@@ -43,13 +43,15 @@ import torch
 import torch.distributed as dist
 
 from fastis.data import Draw, Indexed, collate
+from fastis.ops import Scores
 from fastis.samplers import BatchSampler, Pick
 
 __all__ = ["Sharded"]
 
 # Columns of the gathered rows: the position in the global batch (or pool, or pick list),
-# the data set index, the score, the step, and the rank's time for the step (NaN: none).
-_POSITION, _INDEX, _SCORE, _STEP, _SECONDS = range(5)
+# the data set index, the score, the gradient norm (for the variance guard), the step, and
+# the rank's time for the step (NaN: none).
+_POSITION, _INDEX, _SCORE, _NORM, _STEP, _SECONDS = range(6)
 
 
 class _LocalPick(NamedTuple):
@@ -111,8 +113,9 @@ class Sharded:
     def loader(self, dataset: Any, *, collate_fn: Any = None,
                **kwargs: Any) -> torch.utils.data.DataLoader:
         """A DataLoader over `dataset` yielding this rank's shards (see BatchSampler.loader)."""
-        return torch.utils.data.DataLoader(Indexed(dataset), batch_sampler=self,
-                                           collate_fn=collate(collate_fn), **kwargs)
+        return torch.utils.data.DataLoader(Indexed(dataset, batches=collate_fn is None),
+                                           batch_sampler=self, collate_fn=collate(collate_fn),
+                                           **kwargs)
 
     def __iter__(self) -> Iterator[Draw]:
         for draw in self.sampler:
@@ -170,14 +173,14 @@ class Sharded:
 
     def _select_pool(self, index: np.ndarray, step: int, scores: Any) -> _LocalPick:
         sampler = self.sampler
-        values, seconds = sampler.score_pool(scores, len(index))
-        mine = self._rows(self._positions(len(index)), index, values, step,
-                          math.nan if seconds is None else seconds)
+        scored = sampler.score_pool(scores, len(index))
+        mine = self._rows(self._positions(len(index)), index, scored.values, scored.norms, step,
+                          math.nan if scored.seconds is None else scored.seconds)
         pool = self._gather(mine, -(-sampler.pool_size // self.world_size), step)
         # The slowest rank's forward is the pool's cost (None: no rank timed one).
         slowest = _slowest(pool)
         whole = sampler.select(Draw(pool[:, _INDEX].astype(np.int64),
-                                    np.ones(len(pool), np.float32), step), pool[:, _SCORE],
+                                    np.ones(len(pool), np.float32), step), self._scores(pool),
                                forward_seconds=None if math.isnan(slowest) else slowest)
         owner = whole.rows.numpy() % self.world_size
         padded_length = int(np.bincount(owner, minlength=self.world_size).max())
@@ -211,21 +214,32 @@ class Sharded:
         pool_step = local is not None
         trained = len(local.pick.rows) if pool_step else len(index)
         values = self.sampler.scores_of(scores, trained, allow_invalid=True)
+        norms = self.sampler.norms_of(scores, trained, allow_invalid=True)
         if pool_step:
             positions, index = local.positions, local.pick.index.numpy()
-            values, index = values[:len(positions)], index[:len(positions)]
+            values, norms = values[:len(positions)], norms[:len(positions)]
+            index = index[:len(positions)]
             longest = trained  # the padded length, the same on every rank
         else:
             positions = self._positions(len(index))
             longest = -(-self.sampler.batch_size // self.world_size)
         selected_at = self._selected_at.get(step)
         seconds = time.perf_counter() - selected_at if selected_at is not None else math.nan
-        merged = self._gather(self._rows(positions, index, values, step, seconds), longest, step)
+        merged = self._gather(self._rows(positions, index, values, norms, step, seconds),
+                              longest, step)
         if self.sampler.scores_pools:
             # The step took as long as its slowest rank: every rank records that time.
             self.sampler.record_step_seconds(step, _slowest(merged))
         self.sampler.update(Draw(merged[:, _INDEX].astype(np.int64),
-                                 np.ones(len(merged), np.float32), step), merged[:, _SCORE])
+                                 np.ones(len(merged), np.float32), step), self._scores(merged))
+
+    def _scores(self, rows: np.ndarray) -> Scores:
+        """The gathered scores and gradient norms as a fastis.ops.Scores, the scores in the
+        wrapped sampler's field (its guard reads the norms from grad_norm)."""
+        values, norms = torch.from_numpy(rows[:, _SCORE]), torch.from_numpy(rows[:, _NORM])
+        if self.sampler.score_field == "grad_norm":
+            return Scores(torch.zeros_like(values), values)
+        return Scores(values, norms)
 
     def _is_pool_step(self, step: int) -> bool:
         return self.sampler.scores_pools and self.sampler.is_pool_step(step)
@@ -241,15 +255,15 @@ class Sharded:
         return self.rank + self.world_size * np.arange(size)
 
     @staticmethod
-    def _rows(positions: np.ndarray, index: np.ndarray, values: np.ndarray, step: int,
-              seconds: float) -> np.ndarray:
-        rows = np.empty((len(positions), 5))
+    def _rows(positions: np.ndarray, index: np.ndarray, values: np.ndarray, norms: np.ndarray,
+              step: int, seconds: float) -> np.ndarray:
+        rows = np.empty((len(positions), 6))
         rows[:, _POSITION], rows[:, _INDEX], rows[:, _SCORE] = positions, index, values
-        rows[:, _STEP], rows[:, _SECONDS] = step, seconds
+        rows[:, _NORM], rows[:, _STEP], rows[:, _SECONDS] = norms, step, seconds
         return rows
 
     def _gather(self, rows: np.ndarray, longest: int, step: int) -> np.ndarray:
-        """Every rank's rows (float64 [m_r, 5], m_r <= longest), concatenated and sorted by
+        """Every rank's rows (float64 [m_r, 6], m_r <= longest), concatenated and sorted by
         position: one all_gather, each rank's rows padded to `longest` (a NaN position
         marks the padding)."""
         if self._collective:

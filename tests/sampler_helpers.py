@@ -133,7 +133,9 @@ LABELS = np.arange(N) % 3
 LEARNERS = {
     "ImportanceSampler": lambda: ImportanceSampler(N, B, floor=0.1, seed=0),
     "UpperBound": lambda: UpperBound(N, B, tau_th=1.0, momentum=0.0, seed=0),
-    "BiasedLoss exact": lambda: BiasedLoss(N, B, pool_size=12, seed=0),
+    # Paper mode (every step a pool), and the default (pools only while they pay).
+    "BiasedLoss exact": lambda: BiasedLoss(N, B, pool_size=12, switch=False, seed=0),
+    "BiasedLoss switched": lambda: BiasedLoss(N, B, pool_size=12, seed=0),
     "BiasedLoss gaussian": lambda: BiasedLoss(N, B, predictor="gaussian", labels=LABELS,
                                               pool_size=24, seed=0),
     "BiasedLoss lstm": lambda: BiasedLoss(N, B, predictor="lstm", labels=LABELS, pool_size=24,

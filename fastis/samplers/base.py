@@ -155,8 +155,13 @@ class BatchSampler(abc.ABC):
             epoch = self.epoch
             return self._epoch_start(epoch + 1) - self._epoch_start(epoch)
 
-    def _epoch_start(self, epoch: int) -> int:
+    def epoch_start(self, epoch: int) -> int:
         """The first step of `epoch`."""
+        with self._lock:
+            return self._epoch_start(epoch)
+
+    def _epoch_start(self, epoch: int) -> int:
+        """The first step of `epoch` (a hook: methods with epochs of varying length)."""
         return epoch * self._epoch_steps
 
     def _epoch_of(self, step: int) -> int:
@@ -166,7 +171,8 @@ class BatchSampler(abc.ABC):
     @property
     def epoch(self) -> int:
         """The epoch of the next batch the loop will consume (the one to resume in)."""
-        return self._epoch_of(self._acked + 1)
+        with self._lock:
+            return self._epoch_of(self._acked + 1)
 
     @property
     def step(self) -> int:
@@ -219,7 +225,10 @@ class BatchSampler(abc.ABC):
         return draw
 
     def _mark_seen(self, index: np.ndarray) -> None:
-        fresh = np.unique(index[~self._seen[index]])
+        new = ~self._seen[index]
+        if not new.any():  # the common case once every example was drawn
+            return
+        fresh = np.unique(index[new])
         self._seen[fresh] = True
         self._num_seen += len(fresh)
 
@@ -261,8 +270,11 @@ class BatchSampler(abc.ABC):
         if owned:
             raise ValueError(f"{sorted(owned)} belong to the fastis sampler: set them on it, "
                              "not on the loader")
-        return torch.utils.data.DataLoader(Indexed(dataset), batch_sampler=self,
-                                           collate_fn=collate(collate_fn), **kwargs)
+        # A custom collate_fn wants examples: only the default collation fetches whole
+        # batches (Indexed(batches=True)).
+        return torch.utils.data.DataLoader(Indexed(dataset, batches=collate_fn is None),
+                                           batch_sampler=self, collate_fn=collate(collate_fn),
+                                           **kwargs)
 
     # ------------------------------------------------------------------ feedback
     def update(self, batch: Any, scores: Any = None) -> None:
@@ -302,7 +314,7 @@ class BatchSampler(abc.ABC):
 
         Examples:
             >>> import fastis
-            >>> sampler = fastis.samplers.ImportanceSampler(4, 2, seed=0)
+            >>> sampler = fastis.samplers.ImportanceSampler(4, 2, guard=False, seed=0)
             >>> sampler.observe([0, 3], [5.0, 0.0])
             >>> [round(float(p), 3) for p in sampler.probabilities([0, 1, 2, 3])]
             [0.714, 0.143, 0.143, 0.0]

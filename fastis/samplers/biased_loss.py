@@ -18,6 +18,14 @@ Two ways to score the pool:
     time without the big model, and batches arrive already weighted.
 Smoothing: `smoothing` = c is added to every score, or c * m, m an EMA (0.9)
 of the mean pool score, with `adaptive_smoothing=True`.
+
+Ours, on by default (docs/methods.md): the variance guard (fastis.samplers.guard) mixes the
+resampling with uniform over the pool as far as the fresh scores say loss-proportional
+sampling lowers the estimator's second moment; and, for the exact variant, a switch in the
+manner of KF18's: a step scores a pool only while that reduction pays for the pool's forward
+(the estimated ratio rho below 1 / tau_th^2, tau_th = (P + 3b) / (3b)), and otherwise trains
+on b uniform examples, whose scores keep the estimate current. `switch=False` and
+`guard=False` give the paper's method.
 """
 
 from __future__ import annotations
@@ -32,8 +40,9 @@ from fastis.samplers import loss_predictors
 from fastis.samplers.base import MAX_SCORE
 from fastis.samplers.draws import STREAM_DRAW, normalised, resample, step_generator
 from fastis.samplers.estimates import ema
-from fastis.samplers.pool import PoolSampler
-from fastis.samplers.state import Field, Float, Nested
+from fastis.samplers.guard import VarianceGuard
+from fastis.samplers.pool import PoolSampler, PoolScores
+from fastis.samplers.state import MAX_STEP, Array, Field, Float, Int, Nested, Records
 from fastis.validation import non_negative, real_number
 
 _PREDICTORS = {"lstm": loss_predictors.LSTMLossPredictor,
@@ -53,6 +62,8 @@ class BiasedLoss(PoolSampler):
             float64 scores, observe(index, losses), state_dict(), load_state_dict().
         labels: int [N] class (or group) of each example; needed by the named predictors.
         forward_batch_size: rows per call of a scoring callable in select() (default 128).
+        guard: the variance guard (module docstring).
+        switch: the exact variant scores a pool only while it pays (module docstring).
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed (also seeds the LSTM predictor's initialisation).
 
@@ -72,8 +83,8 @@ class BiasedLoss(PoolSampler):
     def __init__(self, num_examples: int, batch_size: int, *, k: float = 0.5,
                  pool_size: int | None = None, smoothing: float = 0.0,
                  adaptive_smoothing: bool = False, predictor: Any = None, labels: Any = None,
-                 forward_batch_size: int = 128, steps_per_epoch: int | None = None,
-                 seed: int | None = None) -> None:
+                 forward_batch_size: int = 128, guard: bool = True, switch: bool = True,
+                 steps_per_epoch: int | None = None, seed: int | None = None) -> None:
         default_pool = 256 if predictor is None else 2048
         super().__init__(num_examples, batch_size,
                          pool_size=pool_size if pool_size is not None else default_pool,
@@ -96,28 +107,58 @@ class BiasedLoss(PoolSampler):
             extra = {"seed": self.seed % 2**63} if predictor == "lstm" else {}
             predictor = _PREDICTORS[predictor](self.num_examples, labels, **extra)
         self.predictor = predictor
+        self.guard = VarianceGuard() if guard else None
+        self.switch = bool(switch) and self.guard is not None and predictor is None
         self._mean_score = math.nan  # EMA of the mean pool score (adaptive smoothing)
+        # Predictor steps in flight: (step, the picks' probability under the predicted
+        # scores alone, the mix with uniform they were drawn with), for the guard.
+        self._drawn_from: dict[int, tuple[np.ndarray, float]] = {}
 
     def _config(self) -> dict:
         return {**super()._config(), "k": self.k, "smoothing": self.smoothing,
                 "adaptive_smoothing": self.adaptive_smoothing,
-                "predictor": self.predictor_name, "steps_per_epoch": self._epoch_steps}
+                "predictor": self.predictor_name, "guard": self.guard is not None,
+                "switch": self.switch, "steps_per_epoch": self._epoch_steps}
 
     # ------------------------------------------------------------------ drawing
+    def threshold(self) -> float:
+        """The switch's tau_th: an importance step costs P + 3b forwards against 3b."""
+        return (self.pool_size + 3 * self.batch_size) / (3 * self.batch_size)
+
+    @property
+    def importance_on(self) -> bool:
+        """Whether the next drawn step scores a pool (always, without the switch)."""
+        if not self.switch:
+            return True
+        best = float(np.nanmin(self.guard.ratios())) if self.guard.observations else math.nan
+        return (self.guard.observations >= self.guard.warmup
+                and best < 1.0 / self.threshold() ** 2)
+
     def _draw(self, step: int) -> Draw:
         rng = step_generator(self.seed, step, STREAM_DRAW)
         if self.predictor is None:
-            return self._draw_pool(step, rng)
+            if self.importance_on:
+                return self._draw_pool(step, rng)
+            index = rng.integers(0, self.num_examples, self.batch_size, dtype=np.int64)
+            return Draw(index, np.ones(self.batch_size, np.float32), step)
         pool = rng.integers(0, self.num_examples, self.pool_size, dtype=np.int64)
         scores = self._sampling_scores(self._predicted(pool))
-        rows = resample(scores, self.batch_size, rng)
-        return Draw(pool[rows], self._pool_weights(scores, rows).astype(np.float32), step)
+        p = normalised(scores)
+        mix = self.guard.mix if self.guard is not None else 0.0
+        g = (1.0 - mix) * p + mix / len(p)
+        rows = resample(g, self.batch_size, rng)
+        if self.guard is not None:
+            self._drawn_from[step] = (p[rows], mix)
+        return Draw(pool[rows], self._biased(1.0 / (len(g) * g[rows]),
+                                             scores[rows]).astype(np.float32), step)
 
-    def _sampling_scores(self, scores: np.ndarray) -> np.ndarray:
-        """Smoothed scores; with adaptive smoothing this also advances the mean's EMA."""
+    def _sampling_scores(self, scores: np.ndarray, advance: bool = True) -> np.ndarray:
+        """Smoothed scores; with adaptive smoothing this also advances the mean's EMA
+        (unless `advance` is False)."""
         if not self.adaptive_smoothing:
             return scores + self.smoothing
-        self._mean_score = ema(self._mean_score, float(scores.mean()), 0.9)
+        if advance:
+            self._mean_score = ema(self._mean_score, float(scores.mean()), 0.9)
         return scores + self.smoothing * self._mean_score
 
     def _predicted(self, pool: np.ndarray) -> np.ndarray:
@@ -131,48 +172,79 @@ class BiasedLoss(PoolSampler):
                              f"[{len(pool)}], finite, in [0, {MAX_SCORE:g}])")
         return predicted
 
-    def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        unbiased = 1.0 / (len(scores) * normalised(scores)[rows])
+    def _choose(self, pool: PoolScores, index: np.ndarray, step: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+        sampling = self._sampling_scores(pool.values)
+        rows, unbiased = self._resample(sampling, step)
+        return rows, self._biased(unbiased, sampling[rows])
+
+    def _biased(self, unbiased: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """t w^k from the unbiased weights w and the chosen rows' sampling scores: t rescales
+        to the unbiased estimator's loss scale (with all-zero scores the weights are 1)."""
         biased = unbiased ** self.k
-        chosen = scores[rows]
-        # t rescales to the unbiased estimator's loss scale; with all-zero scores the
-        # weights are 1 already.
         denominator = float(biased @ chosen)
         scale = float(unbiased @ chosen) / denominator if denominator > 0 else 1.0
         return scale * biased
+
+    def _pool_scored(self, pool: PoolScores, forward_seconds: float | None) -> None:
+        if self.guard is not None:
+            self.guard.observe_pool(self._sampling_scores(pool.values, advance=False),
+                                    pool.norms)
 
     # ------------------------------------------------------------------ feedback
     def _observe(self, index: np.ndarray, scores: Any, step: int,
                  weight: np.ndarray | None) -> None:
         if self.predictor is None:
-            # The exact variant keeps no history; scores, when given, are still checked.
+            # The exact variant keeps no history; scores, when given, are still checked,
+            # and a uniform step's feed the guard (the batch scored as if it were a pool).
             if scores is not None:
-                self.scores_of(scores, len(index))
+                values = self.scores_of(scores, len(index))
+                if self.guard is not None and step not in self._pool_steps:
+                    self.guard.observe_pool(self._sampling_scores(values, advance=False),
+                                            self.norms_of(scores, len(index)))
             return
         if scores is None:
             raise ValueError("BiasedLoss.update() needs the trained examples' losses to "
                              "train its loss predictor")
-        self.predictor.observe(index, self.scores_of(scores, len(index)))
+        values = self.scores_of(scores, len(index))
+        drawn = self._drawn_from.pop(step, None)
+        if drawn is not None and weight is not None:
+            by_score, mix = drawn
+            current = 1.0 / ((1.0 - mix) * self.pool_size * by_score + mix)  # 1 / (P g)
+            self.guard.observe_batch(current, self.norms_of(scores, len(index)),
+                                     self.guard.candidate_weights(by_score, 1.0 / self.pool_size))
+        self.predictor.observe(index, values)
+
+    def _acknowledge(self, step: int) -> None:
+        super()._acknowledge(step)
+        self._drawn_from = {s: d for s, d in self._drawn_from.items() if s > self._acked}
 
     def _stats(self) -> dict[str, float]:
-        return {"mean_score": self._mean_score}
+        return {"mean_score": self._mean_score, "importance_on": float(self.importance_on),
+                **(self.guard.stats() if self.guard is not None else {})}
 
     # ------------------------------------------------------------------ state
     def _method_state(self) -> dict[str, Any]:
         state = {**super()._method_state(), "mean_score": self._mean_score}
         if self.predictor is not None:
             state["predictor"] = self.predictor.state_dict()
+            state["drawn_from"] = [(s, p.copy(), m) for s, (p, m) in
+                                   sorted(self._drawn_from.items()) if s > self._acked]
         return state
 
     def _method_schema(self) -> dict[str, Field]:
         schema = {**super()._method_schema(), "mean_score": Float(0.0, nan=True)}
         if self.predictor is not None:
             schema["predictor"] = Nested()
+            schema["drawn_from"] = Records((Int(0, MAX_STEP), Array("float", (None,), 0, 1),
+                                            Float(0.0, 1.0)))
         return schema
 
     def _load_method_state(self, fields: dict[str, Any]) -> None:
+        guard = self._parsed_guard(fields)
         if self.predictor is not None:
             # The predictor checks its state entirely before changing anything.
             self.predictor.load_state_dict(fields["predictor"])
-        super()._load_method_state(fields)
+        self._install_pool_state(fields, guard)
         self._mean_score = fields["mean_score"]
+        self._drawn_from = {s: (p, m) for s, p, m in fields.get("drawn_from", [])}

@@ -63,11 +63,12 @@ class ImportanceSampler(BatchSampler):
 
     Examples:
         >>> import torch, fastis
-        >>> sampler = fastis.samplers.ImportanceSampler(1000, 32, floor=0.1, seed=0)
+        >>> sampler = fastis.samplers.ImportanceSampler(1000, 32, seed=0)
         >>> draw = next(iter(sampler))         # 32 indices, weights 1 / (N p_i)
-        >>> sampler.update(draw, torch.rand(32))   # their fresh scores (e.g. the losses)
-        >>> sampler.step, round(sampler.stats()["uniform_share"], 2)
-        (1, 0.1)
+        >>> scores = fastis.ops.Scores(torch.rand(32), torch.rand(32))  # loss, grad norm
+        >>> sampler.update(draw, scores)       # the scores of the same forward pass
+        >>> sampler.step, sampler.stats()["uniform_share"]   # the guard is still warming up
+        (1, 1.0)
     """
 
     def __init__(self, num_examples: int, batch_size: int, *, initial_score: Any = 1.0,

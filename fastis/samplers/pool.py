@@ -23,8 +23,9 @@ import torch
 
 from fastis.data import Draw, take_rows
 from fastis.samplers.base import BatchSampler
-from fastis.samplers.draws import STREAM_SELECT, resample, step_generator
-from fastis.samplers.state import MAX_STEP, Array, Field
+from fastis.samplers.draws import STREAM_SELECT, normalised, resample, step_generator
+from fastis.samplers.guard import VarianceGuard
+from fastis.samplers.state import MAX_STEP, Array, Field, Nested, read_fields
 from fastis.validation import positive_count
 
 
@@ -57,6 +58,16 @@ class Pick(NamedTuple):
         return cls(torch.arange(len(index)), torch.from_numpy(index.copy()), weight)
 
 
+class PoolScores(NamedTuple):
+    """A scored pool: `values`, the method's scores (its score_field), float64 [B]; `norms`,
+    the gradient norms (the grad_norm field of a fastis.ops.Scores, else the values);
+    `seconds` spent in the scoring callable (None when scores were given)."""
+
+    values: np.ndarray
+    norms: np.ndarray
+    seconds: float | None
+
+
 class PoolSampler(BatchSampler):
     """A sampler some of whose steps are pools to be scored and resampled by `select()`.
 
@@ -67,15 +78,20 @@ class PoolSampler(BatchSampler):
     slowest rank's).
 
     Hooks a method implements, beyond BatchSampler's:
-        `_pool_weights(sampling, rows) -> float64 [b]`   abstract: the loss weights of the
-                                   chosen rows, from the sampling scores.
-        `_sampling_scores(scores)` the scores g is proportional to (default: as reported).
-        `_pool_scored(scores, forward_seconds)`  learn from a scored pool (default: nothing).
-    A method's `_draw` calls `_draw_pool(step, rng)` for a pool step.
+        `_choose(pool, index, step) -> (rows, weights)`  abstract: the rows of a scored
+                                   pool (PoolScores, of examples `index`) to train on, and
+                                   their loss
+                                   weights, float64 [b]; `_resample()` draws them with
+                                   replacement in proportion to sampling scores.
+        `_pool_scored(pool, forward_seconds)`  learn from a scored pool (default: nothing).
+    A method's `_draw` calls `_draw_pool(step, rng)` (or `_pool_draw(step, index)` for a
+    pool of its own choosing) for a pool step. A method with a variance guard sets
+    `self.guard` (fastis.samplers.guard.VarianceGuard): `_resample` then mixes with uniform
+    as it chooses.
 
     Examples:
         >>> import torch, fastis
-        >>> sampler = fastis.samplers.BiasedLoss(100, 4, pool_size=16, seed=0)
+        >>> sampler = fastis.samplers.BiasedLoss(100, 4, pool_size=16, switch=False, seed=0)
         >>> pool = next(iter(sampler))
         >>> pick = sampler.select(pool, torch.rand(16))   # the pool's 16 scores
         >>> len(pick.rows), sampler.is_pool(pool)
@@ -99,15 +115,20 @@ class PoolSampler(BatchSampler):
         self._selected_at: tuple[int, float] | None = None
         # (step, seconds): a step's training time recorded from outside (NaN: unknown).
         self._recorded_seconds: tuple[int, float] | None = None
+        self.guard: VarianceGuard | None = None  # set by methods that resample by scores
 
     def _config(self) -> dict:
         return {**super()._config(), "pool_size": self.pool_size,
                 "forward_batch_size": self.forward_batch_size}
 
     def _draw_pool(self, step: int, rng: np.random.Generator) -> Draw:
+        """A pool of pool_size examples drawn uniformly with replacement."""
+        return self._pool_draw(step, rng.integers(0, self.num_examples, self.pool_size,
+                                                  dtype=np.int64))
+
+    def _pool_draw(self, step: int, index: np.ndarray) -> Draw:
         self._pool_steps.add(step)
-        index = rng.integers(0, self.num_examples, self.pool_size, dtype=np.int64)
-        return Draw(index, np.ones(self.pool_size, np.float32), step)
+        return Draw(index, np.ones(len(index), np.float32), step)
 
     def is_pool_step(self, step: int) -> bool:
         """Whether step `step` (drawn, not yet reported) is a pool."""
@@ -146,31 +167,43 @@ class PoolSampler(BatchSampler):
         if step not in self._pool_steps:
             pick = Pick.whole(index, batch.weight)
         else:
-            values, timed = self.score_pool(scores, len(index))
-            sampling = self._sampling_scores(values)
-            rows = resample(sampling, self.batch_size,
-                            step_generator(self.seed, step, STREAM_SELECT))
-            weight = self._pool_weights(sampling, rows).astype(np.float32)
-            self._pool_scored(values, timed if timed is not None else forward_seconds)
+            pool = self.score_pool(scores, len(index))
+            rows, weight = self._choose(pool, index, step)
+            weight = np.asarray(weight, np.float32)
+            self._pool_scored(pool, pool.seconds if pool.seconds is not None
+                              else forward_seconds)
             self._last_weights = weight
-            pick = Pick(torch.from_numpy(rows), torch.from_numpy(index[rows]),
-                        torch.from_numpy(weight.copy()))
+            pick = Pick(torch.from_numpy(np.asarray(rows, np.int64)),
+                        torch.from_numpy(index[rows]), torch.from_numpy(weight.copy()))
         self._picked[step] = pick
         return pick
 
-    def score_pool(self, scores: Any, size: int) -> tuple[np.ndarray, float | None]:
-        """(float64 [size] checked scores, seconds spent in the scoring callable or None)
-        of a pool of `size` rows: `scores` are values, or a callable scored in chunks of
-        forward_batch_size rows under torch.no_grad()."""
+    def score_pool(self, scores: Any, size: int) -> PoolScores:
+        """The checked scores (and gradient norms) of a pool of `size` rows: `scores` are
+        values (a tensor, array or fastis.ops.Scores), or a callable scored in chunks of
+        forward_batch_size rows under torch.no_grad(), timed."""
         if callable(scores) and not isinstance(scores, torch.Tensor):
             start = time.perf_counter()
-            parts = []
+            values, norms = [], []
             with torch.no_grad():
                 for first in range(0, size, self.forward_batch_size):
                     rows = torch.arange(first, min(first + self.forward_batch_size, size))
-                    parts.append(self.scores_of(scores(rows), len(rows)))
-            return np.concatenate(parts), time.perf_counter() - start
-        return self.scores_of(scores, size), None
+                    chunk = scores(rows)
+                    values.append(self.scores_of(chunk, len(rows)))
+                    norms.append(self.norms_of(chunk, len(rows)))
+            return PoolScores(np.concatenate(values), np.concatenate(norms),
+                              time.perf_counter() - start)
+        return PoolScores(self.scores_of(scores, size), self.norms_of(scores, size), None)
+
+    def _resample(self, sampling: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """b rows drawn with replacement from a pool, P(r) = g_r: the sampling scores
+        normalised, mixed with uniform as the guard chooses; (rows, unbiased weights
+        1 / (B g))."""
+        g = normalised(sampling)
+        if self.guard is not None and self.guard.mix > 0:
+            g = (1.0 - self.guard.mix) * g + self.guard.mix / len(g)
+        rows = resample(g, self.batch_size, step_generator(self.seed, step, STREAM_SELECT))
+        return rows, 1.0 / (len(g) * g[rows])
 
     def record_step_seconds(self, step: int, seconds: float) -> None:
         """Records how long step `step` trained (NaN: unknown), instead of the time this
@@ -206,15 +239,13 @@ class PoolSampler(BatchSampler):
             return super()._trained_weight(index, draw)
         return self._picked[draw.step].weight.numpy().astype(np.float64)
 
-    def _sampling_scores(self, scores: np.ndarray) -> np.ndarray:
-        """The scores g is proportional to (default: as reported)."""
-        return scores
-
     @abc.abstractmethod
-    def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """float64 [b] loss weights of the chosen rows, from the sampling scores."""
+    def _choose(self, pool: PoolScores, index: np.ndarray, step: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of a scored pool (of examples `index`) to train on, int64, and their
+        loss weights, float64."""
 
-    def _pool_scored(self, scores: np.ndarray, forward_seconds: float | None) -> None:
+    def _pool_scored(self, pool: PoolScores, forward_seconds: float | None) -> None:
         """Learns from a scored pool and the time its forward took (default: nothing)."""
 
     def _acknowledge(self, step: int) -> None:
@@ -223,14 +254,33 @@ class PoolSampler(BatchSampler):
         self._picked = {s: p for s, p in self._picked.items() if s > self._acked}
 
     def _method_schema(self) -> dict[str, Field]:
-        return {"pool_steps": Array("int", (None,), low=0, high=MAX_STEP)}
+        schema: dict[str, Field] = {"pool_steps": Array("int", (None,), low=0, high=MAX_STEP)}
+        if self.guard is not None:
+            schema["guard"] = Nested()
+        return schema
 
     def _method_state(self) -> dict[str, Any]:
-        return {"pool_steps": np.array(sorted(s for s in self._pool_steps if s > self._acked),
-                                       np.int64)}
+        state: dict[str, Any] = {"pool_steps": np.array(
+            sorted(s for s in self._pool_steps if s > self._acked), np.int64)}
+        if self.guard is not None:
+            state["guard"] = self.guard.state()
+        return state
 
     def _load_method_state(self, fields: dict[str, Any]) -> None:
-        """Installs the pool steps; subclasses check their own part first, call this, then
-        install theirs (so a bad state changes nothing)."""
+        """Installs the pool steps and the guard; a subclass checks its own part and calls
+        _parsed_guard() first, then _install_pool_state(), then installs its own (so that a
+        bad state changes nothing)."""
+        self._install_pool_state(fields, self._parsed_guard(fields))
+
+    def _parsed_guard(self, fields: dict[str, Any]) -> VarianceGuard | None:
+        """A new guard holding the state's (checked; nothing installed)."""
+        if self.guard is None:
+            return None
+        guard = VarianceGuard()
+        guard.load(read_fields(fields["guard"], guard.schema(), "variance guard"))
+        return guard
+
+    def _install_pool_state(self, fields: dict[str, Any], guard: VarianceGuard | None) -> None:
         self._pool_steps, self._picked = set(fields["pool_steps"].tolist()), {}
         self._selected_at = self._recorded_seconds = None
+        self.guard = guard

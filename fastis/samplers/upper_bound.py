@@ -31,7 +31,8 @@ import numpy as np
 from fastis.data import Draw
 from fastis.samplers.draws import STREAM_DRAW, normalised, step_generator
 from fastis.samplers.estimates import ema
-from fastis.samplers.pool import PoolSampler
+from fastis.samplers.guard import VarianceGuard
+from fastis.samplers.pool import PoolSampler, PoolScores
 from fastis.samplers.state import MAX_STEP, Field, Float, Int
 from fastis.validation import probability, real_number
 
@@ -51,6 +52,9 @@ class UpperBound(PoolSampler):
             weights. Clipping trades a bias (examples with tiny scores count less than their
             share) for a bounded variance: a pick whose score is near 0 would otherwise get
             a huge weight. `stats()["max_weight"]` shows the weights trained on.
+        guard: the variance guard (fastis.samplers.guard): the resampling is mixed with
+            uniform over the pool as far as the pools' fresh scores say it pays (with
+            fresh gradient-norm scores that is little: every weight stays <= 50).
         forward_batch_size: rows per call of a scoring callable (default b).
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed.
@@ -71,6 +75,7 @@ class UpperBound(PoolSampler):
     def __init__(self, num_examples: int, batch_size: int, *, presample: float = 3.0,
                  tau_th: float | None = None, momentum: float = 0.9, cost: str = "paper",
                  reuse_forward: bool = False, max_weight: float | None = None,
+                 guard: bool = True,
                  forward_batch_size: int | None = None,
                  steps_per_epoch: int | None = None, seed: int | None = None) -> None:
         presample = real_number(presample, "presample")
@@ -93,6 +98,7 @@ class UpperBound(PoolSampler):
                                                 and self.max_weight >= 1):
             raise ValueError(f"max_weight must be finite and >= 1 (the mean weight is 1), got "
                              f"{max_weight}")
+        self.guard = VarianceGuard() if guard else None
         self.tau = 0.0
         self._forward_cost = math.nan  # seconds per example, scoring forward (EMA)
         self._step_cost = math.nan  # seconds per example, training step (EMA)
@@ -102,6 +108,7 @@ class UpperBound(PoolSampler):
         return {**super()._config(), "presample": self.presample, "tau_th": self.tau_th,
                 "momentum": self.momentum, "cost": self.cost,
                 "reuse_forward": self.reuse_forward, "max_weight": self.max_weight,
+                "guard": self.guard is not None,
                 "steps_per_epoch": self._epoch_steps}
 
     def threshold(self) -> float:
@@ -129,14 +136,19 @@ class UpperBound(PoolSampler):
         index = rng.integers(0, self.num_examples, self.batch_size, dtype=np.int64)
         return Draw(index, np.ones(self.batch_size, np.float32), step)
 
-    def _pool_weights(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        weights = 1.0 / (self.pool_size * normalised(scores)[rows])
-        return weights if self.max_weight is None else np.minimum(weights, self.max_weight)
+    def _choose(self, pool: PoolScores, index: np.ndarray, step: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+        rows, weights = self._resample(pool.values, step)
+        return rows, weights if self.max_weight is None else np.minimum(weights,
+                                                                          self.max_weight)
 
-    def _pool_scored(self, scores: np.ndarray, forward_seconds: float | None) -> None:
-        self._update_tau(scores)
+    def _pool_scored(self, pool: PoolScores, forward_seconds: float | None) -> None:
+        self._update_tau(pool.values)
+        if self.guard is not None:
+            self.guard.observe_pool(pool.values, pool.norms)
         if forward_seconds:
-            self._forward_cost = ema(self._forward_cost, forward_seconds / len(scores), 0.9)
+            self._forward_cost = ema(self._forward_cost, forward_seconds / len(pool.values),
+                                     0.9)
 
     def _update_tau(self, scores: np.ndarray) -> None:
         if len(scores) == 0:
@@ -157,11 +169,14 @@ class UpperBound(PoolSampler):
             self._step_cost = ema(self._step_cost, seconds / len(index), 0.9)
         if step not in self._pool_steps:
             self._update_tau(values)
+            if self.guard is not None:  # the trained batch, scored as if it were a pool
+                self.guard.observe_pool(values, self.norms_of(scores, len(index)))
 
     def _stats(self) -> dict[str, float]:
         return {"tau": self.tau, "tau_th": self.threshold(),
                 "importance_on": float(self.importance_on),
-                "importance_steps": float(self._importance_steps)}
+                "importance_steps": float(self._importance_steps),
+                **(self.guard.stats() if self.guard is not None else {})}
 
     def _method_state(self) -> dict[str, Any]:
         return {**super()._method_state(), "tau": self.tau,

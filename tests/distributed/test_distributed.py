@@ -42,7 +42,8 @@ KINDS = {
     "biased-lstm": lambda: BiasedLoss(N, BATCH, predictor="lstm", labels=np.arange(N) % 4,
                                       pool_size=48, seed=5),
     # Pools of 40 and 36 rows: uneven shards at world size 3 (14, 13, 13) and 2.
-    "biased-exact": lambda: BiasedLoss(N, BATCH, pool_size=40, seed=6),
+    "biased-exact": lambda: BiasedLoss(N, BATCH, pool_size=40, switch=False, seed=6),
+    "biased-switched": lambda: BiasedLoss(N, BATCH, pool_size=40, seed=6),
     "upper-bound": lambda: UpperBound(N, BATCH, tau_th=1.1, momentum=0.5, seed=3),
     # Measured costs (recorded, with the switch kept at tau_th so the stream is comparable).
     "upper-bound-measured": lambda: UpperBound(N, BATCH, cost="measured", tau_th=1.1,
@@ -249,7 +250,8 @@ def test_single_process_and_refusals():
 
 
 def test_pool_step_without_select_is_refused_and_changes_nothing():
-    sharded = Sharded(BiasedLoss(N, BATCH, pool_size=40, seed=6), rank=0, world_size=1)
+    sharded = Sharded(BiasedLoss(N, BATCH, pool_size=40, switch=False, seed=6), rank=0,
+                      world_size=1)
     draw = next(iter(sharded))
     before = sharded.state_dict()
     with pytest.raises(ValueError, match="call select"):

@@ -248,7 +248,7 @@ def test_upper_bound_threshold_models():
 def test_upper_bound_pool_weights_and_unbiasedness():
     problem = LeastSquares(seed=2)
     n = len(problem.norms)
-    sampler = UpperBound(n, 8, presample=4, tau_th=1.0, seed=1)
+    sampler = UpperBound(n, 8, presample=4, tau_th=1.0, guard=False, seed=1)
     sampler.tau = 50.0  # importance sampling on from the start
     estimates = []
     for _ in range(3000):
@@ -267,7 +267,7 @@ def test_upper_bound_pool_weights_and_unbiasedness():
 
 def test_pool_resampling_follows_the_scores():
     # Rows of a fixed pool are drawn in proportion to their scores; a zero score never.
-    sampler = UpperBound(100, 64, presample=2, tau_th=1.0, seed=8)
+    sampler = UpperBound(100, 64, presample=2, tau_th=1.0, guard=False, seed=8)
     sampler.tau = 10.0
     scores = np.linspace(0.0, 3.0, 128)
     counts = np.zeros(128)
@@ -281,7 +281,7 @@ def test_pool_resampling_follows_the_scores():
 
 
 def test_select_is_idempotent_and_take_applies_rows():
-    sampler = UpperBound(50, 4, presample=2, tau_th=1.0, seed=2)
+    sampler = UpperBound(50, 4, presample=2, tau_th=1.0, guard=False, seed=2)
     sampler.tau = 10.0
     draw = next(iter(sampler))
     calls = []
@@ -299,7 +299,7 @@ def test_biased_loss_weights_for_k():
     rng = np.random.default_rng(3)
     scores = rng.lognormal(0, 1, 256)
     for k in (1.0, 0.5, 0.0, -1.0):
-        sampler = BiasedLoss(1000, 16, k=k, seed=4)
+        sampler = BiasedLoss(1000, 16, k=k, guard=False, seed=4)
         draw = next(iter(sampler))
         pick = sampler.select(draw, scores)
         rows = pick.rows.numpy()
@@ -315,7 +315,7 @@ def test_biased_loss_weights_for_k():
 def test_biased_loss_k1_is_unbiased_and_k0_samples_by_loss():
     problem = LeastSquares(seed=3)
     n = len(problem.losses)
-    sampler = BiasedLoss(n, 8, k=1.0, pool_size=24, seed=5)
+    sampler = BiasedLoss(n, 8, k=1.0, pool_size=24, guard=False, seed=5)
     estimates = []
     for _ in range(3000):
         draw = next(iter(sampler))
@@ -327,9 +327,10 @@ def test_biased_loss_k1_is_unbiased_and_k0_samples_by_loss():
 
 def test_biased_loss_smoothing():
     scores = np.array([0.0, 1.0, 3.0, 0.0])
-    fixed = BiasedLoss(10, 2, smoothing=0.5, pool_size=4, seed=0)
+    fixed = BiasedLoss(10, 2, smoothing=0.5, pool_size=4, switch=False, seed=0)
     np.testing.assert_allclose(fixed._sampling_scores(scores), scores + 0.5)
-    adaptive = BiasedLoss(10, 2, smoothing=0.5, adaptive_smoothing=True, pool_size=4, seed=0)
+    adaptive = BiasedLoss(10, 2, smoothing=0.5, adaptive_smoothing=True, pool_size=4,
+                          switch=False, seed=0)
     np.testing.assert_allclose(adaptive._sampling_scores(scores), scores + 0.5)  # m = 1
     np.testing.assert_allclose(adaptive._sampling_scores(scores * 3),
                                scores * 3 + 0.5 * (0.9 + 0.1 * 3))
@@ -448,7 +449,8 @@ def test_biased_loss_with_a_predictor_k1_is_unbiased():
     problem = LeastSquares(seed=5)
     n = len(problem.losses)
     labels = np.arange(n) % 4
-    sampler = BiasedLoss(n, 8, k=1.0, predictor="gaussian", labels=labels, pool_size=32, seed=6)
+    sampler = BiasedLoss(n, 8, k=1.0, predictor="gaussian", labels=labels, pool_size=32,
+                         guard=False, seed=6)
     draws = drive(sampler, 3000, lambda index: problem.losses[index])
     assert np.ptp(np.concatenate([d.weight for d in draws[-50:]])) > 0  # really reweighted
     problem.assert_unbiased(np.array([problem.estimate(d.index, d.weight) for d in draws]),
@@ -457,7 +459,7 @@ def test_biased_loss_with_a_predictor_k1_is_unbiased():
 
 def test_biased_loss_k0_samples_in_proportion_to_the_loss():
     scores = np.linspace(0.5, 4.0, 64)
-    sampler = BiasedLoss(500, 64, k=0.0, pool_size=64, seed=7)
+    sampler = BiasedLoss(500, 64, k=0.0, pool_size=64, guard=False, seed=7)
     counts = np.zeros(64)
     for _ in range(300):
         draw = next(iter(sampler))
