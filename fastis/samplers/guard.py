@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fastis.samplers.state import Array, Field, Float, Int
+from fastis.samplers.state import Array, Field, Float, Int, StateError, read_fields
 
 # Mixing weights with uniform that the guard chooses from (1.0: uniform sampling).
 MIXES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0)
@@ -148,12 +148,15 @@ class VarianceGuard:
         return {"numerators": self._num.copy(), "denominator": self._den,
                 "observations": self.observations, "mix": self.mix}
 
-    def load(self, fields: dict[str, Any]) -> None:
-        """Installs fields checked against schema()."""
-        if fields["mix"] not in set(self.mixes.tolist()):
-            from fastis.samplers.state import StateError
-
-            raise StateError(f"corrupted guard state: mix {fields['mix']} is not one of "
-                             f"{self.mixes.tolist()}")
-        self._num, self._den = fields["numerators"], fields["denominator"]
-        self.observations, self.mix = fields["observations"], fields["mix"]
+    @classmethod
+    def from_state(cls, state: Any) -> VarianceGuard:
+        """A new guard holding a state() checked against its schema (StateError, a
+        ValueError, otherwise)."""
+        guard = cls()
+        fields = read_fields(state, guard.schema(), "variance guard")
+        if fields["mix"] not in set(guard.mixes.tolist()):
+            raise StateError(f"corrupted variance guard state: mix {fields['mix']} is not one "
+                             f"of {guard.mixes.tolist()}")
+        guard._num, guard._den = fields["numerators"], fields["denominator"]
+        guard.observations, guard.mix = fields["observations"], fields["mix"]
+        return guard

@@ -35,7 +35,7 @@ from fastis.data import Draw
 from fastis.samplers.base import MAX_SCORE, BatchSampler
 from fastis.samplers.draws import STREAM_DRAW, step_generator
 from fastis.samplers.guard import VarianceGuard
-from fastis.samplers.state import MAX_STEP, Array, Field, Nested, read_fields
+from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.structures import SumTree
 from fastis.validation import as_indices, non_negative, probability
 
@@ -216,8 +216,7 @@ class ImportanceSampler(BatchSampler):
             raise ValueError(f"corrupted ImportanceSampler state: scores above {MAX_SCORE:g}")
         guard = None
         if self.guard is not None:
-            guard = VarianceGuard()
-            guard.load(read_fields(fields["guard"], guard.schema(), "variance guard"))
+            guard = VarianceGuard.from_state(fields["guard"])
         scored = stamp >= 0
         self._tree, self._stamp = tree, stamp
         if guard is not None:

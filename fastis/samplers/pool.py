@@ -25,7 +25,7 @@ from fastis.data import Draw, take_rows
 from fastis.samplers.base import BatchSampler
 from fastis.samplers.draws import STREAM_SELECT, normalised, resample, step_generator
 from fastis.samplers.guard import VarianceGuard
-from fastis.samplers.state import MAX_STEP, Array, Field, Nested, read_fields
+from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.validation import positive_count
 
 
@@ -276,9 +276,7 @@ class PoolSampler(BatchSampler):
         """A new guard holding the state's (checked; nothing installed)."""
         if self.guard is None:
             return None
-        guard = VarianceGuard()
-        guard.load(read_fields(fields["guard"], guard.schema(), "variance guard"))
-        return guard
+        return VarianceGuard.from_state(fields["guard"])
 
     def _install_pool_state(self, fields: dict[str, Any], guard: VarianceGuard | None) -> None:
         self._pool_steps, self._picked = set(fields["pool_steps"].tolist()), {}

@@ -29,7 +29,8 @@ from fastis.data import Draw
 from fastis.samplers.base import BatchSampler
 from fastis.samplers.draws import STREAM_DRAW, resample, step_generator
 from fastis.samplers.estimates import ema
-from fastis.samplers.state import Array, Field, StateError
+from fastis.samplers.guard import VarianceGuard
+from fastis.samplers.state import Array, Field, Nested, StateError
 from fastis.validation import as_indices, positive_count, probability
 
 
@@ -46,6 +47,8 @@ class RAS(BatchSampler):
             by 1 / mix. mix = 0 is plain AS (unbounded weights, starvation); mix = 1 is
             uniform instance sampling.
         momentum: beta in [0, 1), the EMA factor of V_c (default 0.9).
+        guard: the variance guard (fastis.samplers.guard) raises the mix toward the prior
+            where the fresh scores say the adaptive groups do not pay.
         steps_per_epoch: len() of the sampler (default ceil(N / b)).
         seed: the stream's seed (None: drawn from torch's global generator).
 
@@ -59,7 +62,7 @@ class RAS(BatchSampler):
     Examples:
         >>> import torch, fastis
         >>> groups = torch.arange(300) % 3
-        >>> sampler = fastis.samplers.RAS(300, 30, groups=groups, mix=0.3, seed=0)
+        >>> sampler = fastis.samplers.RAS(300, 30, groups=groups, mix=0.3, guard=False, seed=0)
         >>> sampler.observe(torch.arange(300), (groups + 1.0) / 3)   # group 2 varies most
         >>> [round(q, 3) for q in sampler.group_distribution().tolist()]
         [0.217, 0.333, 0.45]
@@ -68,7 +71,7 @@ class RAS(BatchSampler):
     score_field: ClassVar[str] = "grad_norm"
 
     def __init__(self, num_examples: int, batch_size: int, *, groups: Any, mix: float = 0.3,
-                 momentum: float = 0.9, steps_per_epoch: int | None = None,
+                 momentum: float = 0.9, guard: bool = True, steps_per_epoch: int | None = None,
                  seed: int | None = None) -> None:
         super().__init__(num_examples, batch_size, seed=seed, steps_per_epoch=steps_per_epoch)
         ids = as_indices(groups, "groups").astype(np.int64, copy=False)
@@ -90,6 +93,7 @@ class RAS(BatchSampler):
         self.prior = self.group_sizes / self.num_examples  # pi_c, float64 [K]
         self._checksum = hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()
 
+        self.guard = VarianceGuard() if guard else None
         self._v = np.zeros(self.num_groups)  # V_c, float64 [K]
         self._observed = np.zeros(self.num_groups, dtype=np.bool_)
 
@@ -104,19 +108,27 @@ class RAS(BatchSampler):
         """V_c, float64 [K] (a copy): the running estimates of E_c ||G||^2 (0 where unseen)."""
         return self._v.copy()
 
+    def _adaptive_distribution(self) -> np.ndarray:
+        """q^AS, float64 [K]: proportional to n_c sqrt(V_c)."""
+        root = np.sqrt(self._v)
+        top = root.max()
+        if top == 0:  # every V_c is 0: nothing to prefer, q^AS = pi
+            return self.prior
+        # Scaled by the largest sqrt(V_c) first so that n_c * sqrt(V_c) cannot overflow.
+        q_as = self.group_sizes * (root / top)
+        return q_as / q_as.sum()
+
+    def effective_mix(self) -> float:
+        """The weight of the prior in q: `mix`, raised by the variance guard where it backs
+        off."""
+        return self.mix if self.guard is None else max(self.mix, self.guard.mix)
+
     def group_distribution(self) -> np.ndarray:
         """q, float64 [K] summing to 1: the group distribution the next draw would use."""
         if self.warming_up:
             return self.prior.copy()
-        root = np.sqrt(self._v)
-        top = root.max()
-        if top == 0:  # every V_c is 0: nothing to prefer, q^AS = pi
-            q_as = self.prior
-        else:
-            # Scaled by the largest sqrt(V_c) first so that n_c * sqrt(V_c) cannot overflow.
-            q_as = self.group_sizes * (root / top)
-            q_as = q_as / q_as.sum()
-        q = (1.0 - self.mix) * q_as + self.mix * self.prior
+        mix = self.effective_mix()
+        q = (1.0 - mix) * self._adaptive_distribution() + mix * self.prior
         return q / q.sum()
 
     # ------------------------------------------------------------------ draws
@@ -139,6 +151,12 @@ class RAS(BatchSampler):
         squares = values * values  # scores <= MAX_SCORE: no overflow, even summed
         if len(index) == 0:
             return
+        if self.guard is not None and weight is not None and not self.warming_up:
+            # Group-level candidates (1 - lam) q^AS + lam pi, before V moves.
+            group = self._group_of[index]
+            candidates = self.guard.candidate_weights(self._adaptive_distribution()[group],
+                                                      self.prior[group], floor=self.mix)
+            self.guard.observe_batch(weight, self.norms_of(scores, len(index)), candidates)
         group = self._group_of[index]
         count = np.bincount(group, minlength=self.num_groups)
         present = count > 0
@@ -158,24 +176,38 @@ class RAS(BatchSampler):
             "groups_observed": float(self._observed.mean()),
             "min_q_over_prior": float(ratio.min()),
             "max_q_over_prior": float(ratio.max()),
+            **(self.guard.stats() if self.guard is not None else {}),
         }
 
     # ------------------------------------------------------------------ state
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "mix": self.mix, "momentum": self.momentum,
+                "guard": self.guard is not None,
                 "steps_per_epoch": self.steps_per_epoch, "num_groups": self.num_groups,
                 "groups_sha256": self._checksum}
 
     def _method_state(self) -> dict[str, Any]:
-        return {"second_moments": self._v.copy(), "observed": self._observed.copy()}
+        state = {"second_moments": self._v.copy(), "observed": self._observed.copy()}
+        if self.guard is not None:
+            state["guard"] = self.guard.state()
+        return state
 
     def _method_schema(self) -> dict[str, Field]:
         k = self.num_groups
-        return {"second_moments": Array("float", (k,), low=0), "observed": Array("bool", (k,))}
+        schema = {"second_moments": Array("float", (k,), low=0),
+                  "observed": Array("bool", (k,))}
+        if self.guard is not None:
+            schema["guard"] = Nested()
+        return schema
 
     def _load_method_state(self, fields: dict[str, Any]) -> None:
         v, observed = fields["second_moments"], fields["observed"]
         if (v[~observed] != 0).any():
             raise StateError("corrupted RAS state: second_moments must be 0 for unobserved "
                              "groups")
+        guard = None
+        if self.guard is not None:
+            guard = VarianceGuard.from_state(fields["guard"])
         self._v, self._observed = v, observed
+        if guard is not None:
+            self.guard = guard
