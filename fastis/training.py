@@ -86,8 +86,10 @@ class ClassificationTask:
 
     def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, model: Callable[[], nn.Module], *,
-                 probe: int | None = None, seed: int = 0) -> None:
+                 probe: int | None = None, holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 seed: int = 0) -> None:
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
+        self.holdout = holdout  # (x, y) kept out of training (RHO-LOSS's irreducible model)
         self._model = model
         self.num_examples = len(train_y)
         self.classes = int(max(train_y.max(), test_y.max())) + 1
@@ -133,8 +135,8 @@ class ClassificationTask:
 
 def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 0.0,
                train_examples: int | None = None, imbalance: float = 1.0,
-               label_noise: float = 0.0, probe: int | None = 2500, seed: int = 0,
-               data_seed: int = 1234) -> ClassificationTask:
+               label_noise: float = 0.0, holdout: int = 0, probe: int | None = 2500,
+               seed: int = 0, data_seed: int = 1234) -> ClassificationTask:
     """A task on 28 x 28 grey images (Fashion-MNIST, MNIST): normalised pixels, and the
     regime's changes to the data, each drawn once from `data_seed`.
 
@@ -147,6 +149,8 @@ def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 
         imbalance: the rarest class keeps this fraction of its images, the others in
             between geometrically (1: balanced); the test set stays as it is.
         label_noise: this fraction of training labels replaced by another class at random.
+        holdout: this many of the (noisy) training examples, drawn at random, go to
+            task.holdout instead of the training set.
         probe: training examples of the tracked training loss (None: all of them).
         seed: the probe's draw.
 
@@ -186,12 +190,19 @@ def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 
         return x.unsqueeze(1) if model == "cnn" else x.reshape(len(raw), -1)
 
     train_x, test_x = pixels(train_images), pixels(split.test_images)
+    train_y = torch.from_numpy(train_labels)
+    held = None
+    if holdout > 0:
+        rows = torch.from_numpy(rng.permutation(len(train_labels)))
+        held = (train_x[rows[:holdout]], train_y[rows[:holdout]])
+        kept = rows[holdout:].sort().values
+        train_x, train_y = train_x[kept], train_y[kept]
     classes = int(split.train_labels.max()) + 1
     factory = {"cnn": lambda: SmallCNN(classes), "mlp": lambda: MLP(784, (256, 128), classes),
                "linear": lambda: MLP(784, (), classes)}[model]
-    return ClassificationTask(train_x, torch.from_numpy(train_labels), test_x,
+    return ClassificationTask(train_x, train_y, test_x,
                               torch.from_numpy(split.test_labels.astype(np.int64)), factory,
-                              probe=probe, seed=seed)
+                              probe=probe, holdout=held, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -259,8 +270,10 @@ def cosine(progress: float) -> float:
 
 def train(task: ClassificationTask | Any, sampler: Any, method: str, *, budget: Budget,
           lr: float, schedule: Callable[[float], float] = step_decay, momentum: float = 0.9,
-          seed: int = 0, progress: Callable[[float], None] | None = None) -> Run:
-    """Trains a fresh model of the task (initial weights from `seed`) with `sampler` (SGD
+          seed: int = 0, progress: Callable[[float], None] | None = None,
+          model: nn.Module | None = None) -> Run:
+    """Trains a fresh model of the task (initial weights from `seed`; or `model`, in
+    place) with `sampler` (SGD
     with momentum, the learning rate lr * schedule(fraction of the budget used)); returns
     its Run.
 
@@ -275,7 +288,7 @@ def train(task: ClassificationTask | Any, sampler: Any, method: str, *, budget: 
         ([0, 4, 8], [0, 64, 128])
     """
     torch.manual_seed(seed)
-    model = task.model()
+    model = task.model() if model is None else model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loader = sampler.loader(task.dataset())
     run = Run(method)
