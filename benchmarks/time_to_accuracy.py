@@ -53,7 +53,8 @@ CONVEX = [("uniform", "uniform", {}), ("importance", "importance", {}),
           ("importance grad_norm", "importance", {"score": "grad_norm"}),
           ("upper-bound", "upper-bound", {}), ("biased-loss", "biased-loss", {})]
 REGIMES: dict[str, dict[str, Any]] = {
-    "convex": {"task": {"model": "linear", "row_scale": 1.0, "probe": None}, "steps": 3000,
+    "convex": {"task": {"model": "linear", "row_scale": 1.0, "probe": None,
+                        "last_layer_norms": True}, "steps": 3000,
                "variants": CONVEX, "lrs": (0.01, 0.02, 0.05, 0.1), "metric": "test_accuracy"},
     "mlp": {"task": {"model": "mlp", "train_examples": 25000}, "seconds": 30.0,
             "variants": ALL, "lrs": (0.05,), "metric": "test_accuracy"},

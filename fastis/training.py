@@ -87,9 +87,10 @@ class ClassificationTask:
     def __init__(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, model: Callable[[], nn.Module], *,
                  probe: int | None = None, holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 seed: int = 0) -> None:
+                 last_layer_norms: bool = False, seed: int = 0) -> None:
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
         self.holdout = holdout  # (x, y) kept out of training (RHO-LOSS's irreducible model)
+        self.last_layer_norms = last_layer_norms
         self._model = model
         self.num_examples = len(train_y)
         self.classes = int(max(train_y.max(), test_y.max())) + 1
@@ -111,11 +112,33 @@ class ClassificationTask:
         """(weight * cross-entropy per example [b], with autograd; the Scores [b] of the
         unweighted loss), from one fused pass over the logits."""
         x, y = data
-        return fastis.ops.cross_entropy_with_scores(model(x), y, weight=weight)
+        hidden, head = self._last_layer(model, x)
+        loss, scores = fastis.ops.cross_entropy_with_scores(head(hidden), y, weight=weight)
+        return loss, self._scaled(scores, hidden)
 
     def scores(self, model: nn.Module, data: Any) -> fastis.ops.Scores:
         x, y = data
-        return fastis.ops.cross_entropy_scores(model(x), y)
+        hidden, head = self._last_layer(model, x)
+        return self._scaled(fastis.ops.cross_entropy_scores(head(hidden), y), hidden)
+
+    def _last_layer(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(the last linear layer's input, that layer) with last_layer_norms (the model an
+        nn.Sequential ending in it, as MLP), else (x, the model)."""
+        if not self.last_layer_norms:
+            return x, model
+        *body, head = model
+        for layer in body:
+            x = layer(x)
+        return x, head
+
+    def _scaled(self, scores: fastis.ops.Scores, hidden: torch.Tensor) -> fastis.ops.Scores:
+        """With last_layer_norms, grad_norm becomes the exact norm of the example's gradient
+        w.r.t. the last layer's weight and bias: ||dL/dz|| sqrt(||h||^2 + 1), since
+        dL/dW = (dL/dz) h^T is an outer product and dL/db = dL/dz."""
+        if not self.last_layer_norms:
+            return scores
+        h = hidden.detach().flatten(1)
+        return fastis.ops.Scores(scores.loss, scores.grad_norm * h.square().sum(1).add(1).sqrt())
 
     @torch.no_grad()
     def metrics(self, model: nn.Module) -> dict[str, float]:
@@ -136,7 +159,8 @@ class ClassificationTask:
 def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 0.0,
                train_examples: int | None = None, imbalance: float = 1.0,
                label_noise: float = 0.0, holdout: int = 0, probe: int | None = 2500,
-               seed: int = 0, data_seed: int = 1234) -> ClassificationTask:
+               last_layer_norms: bool = False, seed: int = 0,
+               data_seed: int = 1234) -> ClassificationTask:
     """A task on 28 x 28 grey images (Fashion-MNIST, MNIST): normalised pixels, and the
     regime's changes to the data, each drawn once from `data_seed`.
 
@@ -152,6 +176,9 @@ def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 
         holdout: this many of the (noisy) training examples, drawn at random, go to
             task.holdout instead of the training set.
         probe: training examples of the tracked training loss (None: all of them).
+        last_layer_norms: the scores' grad_norm is the exact norm of each example's
+            gradient w.r.t. the last linear layer (for softmax regression: w.r.t. all the
+            parameters), not w.r.t. the logits.
         seed: the probe's draw.
 
     Examples:
@@ -202,7 +229,8 @@ def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 
                "linear": lambda: MLP(784, (), classes)}[model]
     return ClassificationTask(train_x, train_y, test_x,
                               torch.from_numpy(split.test_labels.astype(np.int64)), factory,
-                              probe=probe, holdout=held, seed=seed)
+                              probe=probe, holdout=held, last_layer_norms=last_layer_norms,
+                              seed=seed)
 
 
 @dataclass(frozen=True)

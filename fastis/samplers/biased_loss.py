@@ -139,8 +139,7 @@ class BiasedLoss(PoolSampler):
         if self.predictor is None:
             if self.importance_on:
                 return self._draw_pool(step, rng)
-            index = rng.integers(0, self.num_examples, self.batch_size, dtype=np.int64)
-            return Draw(index, np.ones(self.batch_size, np.float32), step)
+            return self._uniform_draw(step, rng)
         pool = rng.integers(0, self.num_examples, self.pool_size, dtype=np.int64)
         scores = self._sampling_scores(self._predicted(pool))
         p = normalised(scores)

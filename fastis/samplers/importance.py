@@ -9,6 +9,9 @@ the user feeds), initially `initial_score`. Each step draws b indices with repla
 which is the distribution of the smoothed scores s_i + c mixed with uniform at weight
 `floor`; both are mixtures with the uniform distribution, so a draw is a coin flip between
 the tree (O(log N)) and a uniform index, and p_i >= u / N keeps every weight below 1 / u.
+The uniform indices come from a reshuffled stream (fastis.samplers.draws.Reshuffled): each
+is uniform, and together they go through the data set without replacement, so that where
+the guard backs off fully this is random reshuffling, not the noisier draws with replacement.
 The weights w_i = 1 / (N p_i) make the weighted loss an unbiased estimate of the full-data
 mean loss (docs/methods.md). Smoothing by a multiple of the *current* mean score,
 c = a * S / N, gives u = a / (1 + a): it is `floor = a / (1 + a)`.
@@ -33,7 +36,7 @@ import numpy as np
 
 from fastis.data import Draw
 from fastis.samplers.base import MAX_SCORE, BatchSampler
-from fastis.samplers.draws import STREAM_DRAW, step_generator
+from fastis.samplers.draws import STREAM_DRAW, Reshuffled, step_generator
 from fastis.samplers.guard import VarianceGuard
 from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.structures import SumTree
@@ -88,6 +91,7 @@ class ImportanceSampler(BatchSampler):
         self.guard = VarianceGuard() if guard else None
         self._tree = SumTree(initial, seed=self.seed)
         self._stamp = np.full(self.num_examples, -1, np.int64)  # step of each score, -1: none
+        self._uniform_stream = Reshuffled(self.seed, self.num_examples)
         self._num_scored = 0
         self._stamp_sum = 0  # sum of _stamp over scored examples, for the mean staleness
 
@@ -137,7 +141,10 @@ class ImportanceSampler(BatchSampler):
         rng = step_generator(self.seed, step, STREAM_DRAW)
         uniform = rng.random(b) < u
         index = np.empty(b, np.int64)
-        index[uniform] = rng.integers(0, self.num_examples, int(uniform.sum()))
+        # Slot j of step s is position s b + j of the reshuffled stream: uniform draws go
+        # through the data set without replacement, each still uniform on its own.
+        positions = step * b + np.flatnonzero(uniform)
+        index[uniform] = self._uniform_stream.at(positions, rng)
         from_tree = int(b - uniform.sum())
         if from_tree:
             index[~uniform] = self._tree.sample(from_tree).numpy()

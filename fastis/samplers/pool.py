@@ -23,7 +23,7 @@ import torch
 
 from fastis.data import Draw, take_rows
 from fastis.samplers.base import BatchSampler
-from fastis.samplers.draws import STREAM_SELECT, normalised, resample, step_generator
+from fastis.samplers.draws import STREAM_SELECT, Reshuffled, normalised, resample, step_generator
 from fastis.samplers.guard import VarianceGuard
 from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.validation import positive_count
@@ -116,6 +116,7 @@ class PoolSampler(BatchSampler):
         # (step, seconds): a step's training time recorded from outside (NaN: unknown).
         self._recorded_seconds: tuple[int, float] | None = None
         self.guard: VarianceGuard | None = None  # set by methods that resample by scores
+        self._uniform_stream = Reshuffled(self.seed, self.num_examples)
 
     def _config(self) -> dict:
         return {**super()._config(), "pool_size": self.pool_size,
@@ -125,6 +126,14 @@ class PoolSampler(BatchSampler):
         """A pool of pool_size examples drawn uniformly with replacement."""
         return self._pool_draw(step, rng.integers(0, self.num_examples, self.pool_size,
                                                   dtype=np.int64))
+
+    def _uniform_draw(self, step: int, rng: np.random.Generator) -> Draw:
+        """A plain batch of batch_size uniform examples, weights 1: positions [s b, s b + b)
+        of the reshuffled stream (a method that samples uniformly most of the time goes
+        through the data set without replacement, as a shuffled epoch does)."""
+        positions = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        return Draw(self._uniform_stream.at(positions, rng),
+                    np.ones(self.batch_size, np.float32), step)
 
     def _pool_draw(self, step: int, index: np.ndarray) -> Draw:
         self._pool_steps.add(step)

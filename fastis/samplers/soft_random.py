@@ -17,7 +17,7 @@ import numpy as np
 
 from fastis.data import Draw
 from fastis.samplers.base import BatchSampler
-from fastis.samplers.draws import STREAM_EPOCH, step_generator
+from fastis.samplers.draws import STREAM_EPOCH, Reshuffled, step_generator
 from fastis.validation import probability
 
 
@@ -51,6 +51,7 @@ class SoftRandom(BatchSampler):
         self._epoch_steps = max(1, rounding(self.epoch_size / self.batch_size))
         self._order_epoch = -1
         self._order = np.empty(0, np.int64)
+        self._stream = Reshuffled(self.seed, self.num_examples, max_examples=None)
 
     def _config(self) -> dict:
         return {**super()._config(), "rate": self.rate, "replacement": self.replacement,
@@ -70,14 +71,9 @@ class SoftRandom(BatchSampler):
             rng = step_generator(self.seed, epoch, STREAM_EPOCH)
             return rng.integers(0, self.num_examples, self.epoch_size, dtype=np.int64)
         # RS2: positions [epoch * M, (epoch + 1) * M) of permutation 0, then 1, 2, ...
-        first, end = epoch * self.epoch_size, (epoch + 1) * self.epoch_size
-        parts = []
-        for cycle in range(first // self.num_examples, (end - 1) // self.num_examples + 1):
-            perm = step_generator(self.seed, cycle, STREAM_EPOCH).permutation(self.num_examples)
-            lo = max(first - cycle * self.num_examples, 0)
-            hi = min(end - cycle * self.num_examples, self.num_examples)
-            parts.append(perm[lo:hi])
-        return np.concatenate(parts).astype(np.int64, copy=False)
+        first = epoch * self.epoch_size
+        return self._stream.at(np.arange(first, first + self.epoch_size, dtype=np.int64),
+                               None)
 
     def _stats(self) -> dict:
         return {"expected_epoch_coverage": -math.expm1(-self.rate) if self.replacement

@@ -133,8 +133,7 @@ class UpperBound(PoolSampler):
         if self.importance_on:
             self._importance_steps += 1
             return self._draw_pool(step, rng)
-        index = rng.integers(0, self.num_examples, self.batch_size, dtype=np.int64)
-        return Draw(index, np.ones(self.batch_size, np.float32), step)
+        return self._uniform_draw(step, rng)
 
     def _choose(self, pool: PoolScores, index: np.ndarray, step: int
                 ) -> tuple[np.ndarray, np.ndarray]:
