@@ -26,6 +26,9 @@ one, (1 / b) sum_j w_j grad l_j, each rank's picks are padded to M = max_r m_r r
 padding repeats a row of the rank's shard with weight 0: no NaN from an empty mean, and the
 same shapes on every rank) and the weights scaled by M W / b:
     (1 / W) sum_r (1 / M) sum_{j on r} (M W / b) w_j grad l_j = (1 / b) sum_j w_j grad l_j.
+The same holds for a plain batch that does not split evenly (an epoch's last batch, the
+batches of a pruned epoch): rank r's m_r weights are scaled by m_r W / b, and a rank whose
+shard would be empty (b < W) trains on one weight-0 row.
 The second collective of a pool step is update()'s, so a pool step costs two, a plain step
 one. UpperBound(cost="measured") times its steps: each gather carries the rank's time and
 every rank takes the slowest rank's, so the switch stays identical on all ranks.
@@ -119,8 +122,21 @@ class Sharded:
 
     def __iter__(self) -> Iterator[Draw]:
         for draw in self.sampler:
-            yield Draw(draw.index[self.rank::self.world_size],
-                       draw.weight[self.rank::self.world_size], draw.step)
+            yield self._local(draw)
+
+    def _local(self, draw: Draw) -> Draw:
+        """This rank's shard of a global draw: positions r::W. A plain batch that does not
+        split evenly (an epoch's last, a pruned epoch's) has its weights scaled by m_r W / b
+        (module docstring) and an empty shard (b < W) is one weight-0 row, so that DDP's mean
+        of the ranks' mean losses is still the batch's mean."""
+        size, world = len(draw.index), self.world_size
+        index, weight = draw.index[self.rank::world], draw.weight[self.rank::world]
+        if size % world == 0 or self._is_pool_step(draw.step):
+            return Draw(index, weight, draw.step)
+        if len(index) == 0:
+            return Draw(draw.index[:1].copy(), np.zeros(1, np.float32), draw.step)
+        return Draw(index, (weight * (len(index) * world / size)).astype(np.float32),
+                    draw.step)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -140,7 +156,7 @@ class Sharded:
     def _shard_of(self, batch: Any) -> tuple[np.ndarray, int]:
         """(index, step) of this rank's shard, checked against the global draw of its step."""
         index, step = self.sampler.batch_of(batch)
-        if not np.array_equal(index, self.sampler.drawn(step).index[self.rank::self.world_size]):
+        if not np.array_equal(index, self._local(self.sampler.drawn(step)).index):
             raise ValueError(f"batch.index is not rank {self.rank}'s shard of step {step}: "
                              "report each shard as the loader yielded it")
         return index, step
@@ -220,8 +236,10 @@ class Sharded:
             values, norms = values[:len(positions)], norms[:len(positions)]
             index = index[:len(positions)]
             longest = trained  # the padded length, the same on every rank
-        else:
-            positions = self._positions(len(index))
+        else:  # without an empty shard's weight-0 row
+            real = len(self.sampler.drawn(step).index[self.rank::self.world_size])
+            index, values, norms = index[:real], values[:real], norms[:real]
+            positions = self._positions(real)
             longest = -(-self.sampler.batch_size // self.world_size)
         selected_at = self._selected_at.get(step)
         seconds = time.perf_counter() - selected_at if selected_at is not None else math.nan

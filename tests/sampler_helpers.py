@@ -18,8 +18,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from fastis.samplers import (
     RAS,
     BiasedLoss,
+    DynamicPruning,
     HighLossBatches,
     ImportanceSampler,
+    RhoLoss,
+    SelectiveBackprop,
     SoftRandom,
     Uniform,
     UpperBound,
@@ -128,6 +131,8 @@ def train(sampler, num_steps: int, score_fn, prefetch: int = 0,
 # A small data set, and every sampler on it: the ones that learn from scores, then the rest.
 N, B = 60, 6
 LABELS = np.arange(N) % 3
+# RHO-LOSS's irreducible losses: a fixed, varied profile.
+IRREDUCIBLE = (np.arange(N) % 5) / 10.0
 
 # Samplers that learn from scores; each after a few steps of training.
 LEARNERS = {
@@ -142,6 +147,14 @@ LEARNERS = {
                                           seed=0),
     "RAS": lambda: RAS(N, B, groups=LABELS, seed=0),
     "HighLossBatches": lambda: HighLossBatches(N, B, seed=0),
+    "DynamicPruning": lambda: DynamicPruning(N, B, epochs=6, seed=0),
+    "DynamicPruning exact": lambda: DynamicPruning(N, B, epochs=6, exact=True, seed=0),
+    "SelectiveBackprop": lambda: SelectiveBackprop(N, B, history=16, seed=0),
+    "SelectiveBackprop reweight": lambda: SelectiveBackprop(N, B, history=16, reweight=True,
+                                                            seed=0),
+    "SelectiveBackprop stale": lambda: SelectiveBackprop(N, B, history=16, stale=True,
+                                                         seed=0),
+    "RhoLoss": lambda: RhoLoss(N, B, irreducible=IRREDUCIBLE, pool_size=18, seed=0),
 }
 ALL = {**LEARNERS, "Uniform": lambda: Uniform(N, B, seed=0),
        "SoftRandom": lambda: SoftRandom(N, B, rate=0.5, seed=0),

@@ -23,8 +23,11 @@ from fastis.distributed import Sharded
 from fastis.samplers import (
     RAS,
     BiasedLoss,
+    DynamicPruning,
     HighLossBatches,
     ImportanceSampler,
+    RhoLoss,
+    SelectiveBackprop,
     SoftRandom,
     Uniform,
     UpperBound,
@@ -33,6 +36,8 @@ from fastis.samplers import (
 N, BATCH = 120, 12
 KINDS = {
     "uniform": lambda: Uniform(N, BATCH, seed=1),
+    # Batches of 7 (uneven shards) and an epoch's last batch of 1 (empty shards).
+    "uniform-uneven": lambda: Uniform(N, 7, seed=15),
     "soft-random": lambda: SoftRandom(N, BATCH, rate=0.5, seed=2),
     "importance": lambda: ImportanceSampler(N, BATCH, floor=0.1, seed=7),
     "ras": lambda: RAS(N, BATCH, groups=np.arange(N) % 5, seed=8),
@@ -48,6 +53,15 @@ KINDS = {
     # Measured costs (recorded, with the switch kept at tau_th so the stream is comparable).
     "upper-bound-measured": lambda: UpperBound(N, BATCH, cost="measured", tau_th=1.1,
                                                momentum=0.5, seed=3),
+    # 25 steps: epochs of 10 steps, the second and third pruned.
+    "dynamic-pruning": lambda: DynamicPruning(N, BATCH, epochs=4, seed=10),
+    "selective-backprop": lambda: SelectiveBackprop(N, BATCH, history=64, seed=11),
+    "selective-backprop-reweight": lambda: SelectiveBackprop(N, BATCH, history=64,
+                                                             reweight=True, seed=12),
+    "selective-backprop-stale": lambda: SelectiveBackprop(N, BATCH, history=64, stale=True,
+                                                          seed=13),
+    "rho-loss": lambda: RhoLoss(N, BATCH, irreducible=np.arange(N) % 4 / 8, pool_size=36,
+                                seed=14),
 }
 
 # A fixed softmax-regression problem: the gradient each step trains with.
@@ -80,8 +94,7 @@ def run(sampler, steps: int, save_after: int | None = None, save_to: Path | None
     the state after step `save_after`."""
     records = []
     rank, world = getattr(sampler, "rank", 0), getattr(sampler, "world_size", 1)
-    pools = hasattr(sampler, "select") and hasattr(getattr(sampler, "sampler", sampler),
-                                                    "pool_size")
+    pools = sampler.scores_pools
     while len(records) < steps:
         for draw in sampler:
             positions = rank + world * np.arange(len(draw.index))
@@ -160,9 +173,18 @@ def assert_same_stream(ranks: list[dict], reference: list, *, timed: bool = Fals
             reference[step]
         assert {rec[0] for rec in per_rank} == {want_step}, "ranks consumed different steps"
         index, weight = [None] * len(want_index), [None] * len(want_index)
+        size = len(want_index)
         for rank, rec in enumerate(per_rank):
-            index[rank::world], weight[rank::world] = rec[1], rec[2]
-        assert (index, weight) == (want_index, want_weight)
+            mine = len(want_index[rank::world])
+            if not pool and size % world and mine == 0:  # an empty shard: one weight-0 row
+                assert rec[1] == want_index[:1] and rec[2] == [0.0]
+                continue
+            # Uneven plain shards: weights scaled by m_r W / b for DDP's mean of means.
+            scale = mine * world / size if not pool and size % world else 1.0
+            index[rank::world] = rec[1]
+            weight[rank::world] = [w / scale for w in rec[2]]
+        assert index == want_index
+        np.testing.assert_allclose(weight, want_weight, rtol=1e-6)
         assert {rec[3] for rec in per_rank} == {pool}
         if pool:
             assert_picks_make_the_global_pick(per_rank, want_rows, want_pick_weight)
@@ -217,11 +239,14 @@ def test_ranks_share_one_global_stream_and_all_updates(kind, world, tmp_path):
         assert np.isfinite(ranks[0]["state"]["step_cost"])
 
 
-@pytest.mark.parametrize("before, after, kind", [(2, 3, "importance"), (3, 1, "importance"),
-                                                 (2, 3, "upper-bound"),
-                                                 (3, 1, "biased-exact")])
-def test_resume_at_another_world_size_continues_the_stream(before, after, kind, tmp_path):
-    steps, cut = 24, 9
+@pytest.mark.parametrize("before, after, kind, cut", [
+    (2, 3, "importance", 9), (3, 1, "importance", 9), (2, 3, "upper-bound", 9),
+    (3, 1, "biased-exact", 9),
+    (2, 3, "dynamic-pruning", 13),  # mid epoch 1, a pruned one with uneven batches
+    (3, 2, "selective-backprop", 9), (2, 3, "selective-backprop-reweight", 9),
+    (2, 1, "selective-backprop-stale", 9), (3, 2, "rho-loss", 9)])
+def test_resume_at_another_world_size_continues_the_stream(before, after, kind, cut, tmp_path):
+    steps = 24
     reference, _ = reference_run(kind, steps)
     state = tmp_path / "state.pt"
     head = launch(before, tmp_path, kind, cut + 1, save_after=cut, save_to=state)

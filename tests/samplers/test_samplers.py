@@ -19,8 +19,11 @@ from fastis.data import Draw
 from fastis.samplers import (
     RAS,
     BiasedLoss,
+    DynamicPruning,
     HighLossBatches,
     ImportanceSampler,
+    RhoLoss,
+    SelectiveBackprop,
     SoftRandom,
     Uniform,
     UpperBound,
@@ -373,6 +376,16 @@ RESUMABLE = {
                                             pool_size=64, seed=7),
     "RAS": lambda n: RAS(n, 16, groups=LABELS, seed=8),
     "HighLossBatches": lambda n: HighLossBatches(n, 16, delta=0.3, seed=9),
+    "DynamicPruning": lambda n: DynamicPruning(n, 16, epochs=3, delta=1.0, seed=10),
+    "DynamicPruning-exact": lambda n: DynamicPruning(n, 16, epochs=3, delta=1.0, exact=True,
+                                                     seed=11),
+    "SelectiveBackprop": lambda n: SelectiveBackprop(n, 8, history=32, seed=12),
+    "SelectiveBackprop-reweight": lambda n: SelectiveBackprop(n, 8, history=32, reweight=True,
+                                                              seed=13),
+    "SelectiveBackprop-stale": lambda n: SelectiveBackprop(n, 8, history=32, stale=True,
+                                                           seed=14),
+    "RhoLoss": lambda n: RhoLoss(n, 8, irreducible=np.arange(n) % 3 / 4, pool_size=24,
+                                 seed=15),
 }
 
 
@@ -383,7 +396,7 @@ def test_resume_with_workers_continues_bit_identically(make):
     step = scored_step(scores)
     reference = run_loop(make(n), n, 3, step)
     interrupted = make(n)
-    stop = len(interrupted) + len(interrupted) // 2  # mid epoch 1
+    stop = len(interrupted) + 2  # early in epoch 1 (pruned epochs are shorter)
     head = run_loop(interrupted, n, 3, step, stop_after=stop)
     checkpoint = round_trip(interrupted.state_dict())
     resumed = make(n)
