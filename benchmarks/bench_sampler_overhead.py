@@ -20,7 +20,7 @@ from torch import nn
 
 import fastis
 from fastis import samplers
-from fastis.demo import SmallCNN
+from fastis.training import SmallCNN
 
 N, BATCH = 1_000_000, 128
 STEPS = 10**9  # one long epoch: the timed loop never restarts the iterator

@@ -40,7 +40,7 @@ import torch
 
 from fastis import datasets
 from fastis.recipes import WEIGHTED, holdout_irreducible_losses, make_sampler
-from fastis.training import Budget, Run, image_task, train
+from fastis.training import Budget, Run, image_task, step_decay, train
 
 # (label, method, options) per regime; labels are the tables' rows.
 ALL = [("uniform", "uniform", {}), ("importance", "importance", {}),
@@ -75,6 +75,31 @@ def budget_of(spec: dict[str, Any], args: argparse.Namespace) -> Budget:
     if "steps" in spec:
         return Budget(steps=args.steps or spec["steps"], evaluations=args.evaluations)
     return Budget(seconds=args.seconds or spec["seconds"], evaluations=args.evaluations)
+
+
+def full_batch_descent(task: Any, budget: Budget, lr: float) -> Run:
+    """Gradient descent on the whole training set (the same optimizer and schedule as the
+    samplers' runs, budget.steps steps): a zero-variance gradient, the floor any unbiased
+    sampler approaches at equal steps. Plain tensors, no loader: only its losses count."""
+    torch.manual_seed(0)
+    model = task.model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    run, every = Run("full-batch GD"), max(1, budget.steps // budget.evaluations)
+    for step in range(budget.steps + 1):
+        if step % every == 0 or step == budget.steps:
+            run.seconds.append(math.nan)
+            run.steps.append(step)
+            run.backprops.append(step * task.num_examples)
+            for key, value in task.metrics(model).items():
+                run.metrics.setdefault(key, []).append(value)
+        if step == budget.steps:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr * step_decay(step / budget.steps)
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(task.train_x), task.train_y).backward()
+        optimizer.step()
+    return run
 
 
 def run_regime(name: str, split: datasets.Split, args: argparse.Namespace) -> dict[str, Any]:
@@ -118,8 +143,11 @@ def run_regime(name: str, split: datasets.Split, args: argparse.Namespace) -> di
                     uniform_epochs = round(run.steps[-1] * 128 / task.num_examples)
         if name == "convex" and seed == 0 and args.gd:  # the floor: full-batch GD
             for lr in (0.05, 0.1):
-                race(task, "full-batch GD", "uniform", {}, 0, lr, budget,
-                     batch=task.num_examples)
+                run = full_batch_descent(task, budget, lr)
+                runs.append({"variant": "full-batch GD", "method": "full-batch GD", "seed": 0,
+                             "lr": lr, "budget": asdict(budget), **asdict(run)})
+                print(f"[{name}] full-batch GD lr {lr:g}: loss "
+                      f"{run.metrics['train_loss'][-1]:.4f}", file=sys.stderr, flush=True)
         if name == "mlp" and not args.only:  # equal epochs: how much dynamic pruning saves
             epochs = Budget(epochs=args.epochs or PRUNING_EPOCHS, evaluations=args.evaluations)
             for label, method in (("uniform (epochs)", "uniform"),

@@ -94,7 +94,7 @@ class ClassificationTask:
         self._model = model
         self.num_examples = len(train_y)
         self.classes = int(max(train_y.max(), test_y.max())) + 1
-        self.groups = train_y.numpy()  # side information for RAS: the class
+        self.groups = train_y.cpu().numpy()  # side information for RAS: the class
         self.initial_loss = math.log(self.classes)  # an untrained model's loss
         rng = np.random.default_rng(seed)
         rows = (np.arange(self.num_examples) if probe is None or probe >= self.num_examples
@@ -113,7 +113,8 @@ class ClassificationTask:
         unweighted loss), from one fused pass over the logits."""
         x, y = data
         hidden, head = self._last_layer(model, x)
-        loss, scores = fastis.ops.cross_entropy_with_scores(head(hidden), y, weight=weight)
+        loss, scores = fastis.ops.cross_entropy_with_scores(head(hidden), y,
+                                                            weight=weight.to(y.device))
         return loss, self._scaled(scores, hidden)
 
     def scores(self, model: nn.Module, data: Any) -> fastis.ops.Scores:
@@ -159,8 +160,8 @@ class ClassificationTask:
 def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 0.0,
                train_examples: int | None = None, imbalance: float = 1.0,
                label_noise: float = 0.0, holdout: int = 0, probe: int | None = 2500,
-               last_layer_norms: bool = False, seed: int = 0,
-               data_seed: int = 1234) -> ClassificationTask:
+               last_layer_norms: bool = False, seed: int = 0, data_seed: int = 1234,
+               device: torch.device | str = "cpu") -> ClassificationTask:
     """A task on 28 x 28 grey images (Fashion-MNIST, MNIST): normalised pixels, and the
     regime's changes to the data, each drawn once from `data_seed`.
 
@@ -180,6 +181,7 @@ def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 
             gradient w.r.t. the last linear layer (for softmax regression: w.r.t. all the
             parameters), not w.r.t. the logits.
         seed: the probe's draw.
+        device: where the data and the model live.
 
     Examples:
         >>> import numpy as np
@@ -225,10 +227,13 @@ def image_task(split: datasets.Split, *, model: str = "cnn", row_scale: float = 
         kept = rows[holdout:].sort().values
         train_x, train_y = train_x[kept], train_y[kept]
     classes = int(split.train_labels.max()) + 1
-    factory = {"cnn": lambda: SmallCNN(classes), "mlp": lambda: MLP(784, (256, 128), classes),
-               "linear": lambda: MLP(784, (), classes)}[model]
-    return ClassificationTask(train_x, train_y, test_x,
-                              torch.from_numpy(split.test_labels.astype(np.int64)), factory,
+    make = {"cnn": lambda: SmallCNN(classes), "mlp": lambda: MLP(784, (256, 128), classes),
+            "linear": lambda: MLP(784, (), classes)}[model]
+    if held is not None:
+        held = (held[0].to(device), held[1].to(device))
+    test_y = torch.from_numpy(split.test_labels.astype(np.int64))
+    return ClassificationTask(train_x.to(device), train_y.to(device), test_x.to(device),
+                              test_y.to(device), lambda: make().to(device),
                               probe=probe, holdout=held, last_layer_norms=last_layer_norms,
                               seed=seed)
 
