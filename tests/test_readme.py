@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 import fastis
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-POOL_METHODS = ("UpperBound", "BiasedLoss exact")
+POOL_METHODS = ("UpperBound", "BiasedLoss exact", "SelectiveBackprop", "RhoLoss")
 
 
 def readme_block(marker: str) -> str:
@@ -67,7 +67,9 @@ def namespace(epochs: int) -> dict:
     images = torch.randn(300, 1, 8, 8, generator=generator) + labels.view(-1, 1, 1, 1) / 5
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    irreducible = torch.rand(300, generator=generator).numpy()  # as if from a held-out model
     return {"train_set": TensorDataset(images, labels), "train_labels": labels,
+            "irreducible": irreducible,
             "model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
             "epochs": epochs, "fastis": fastis, "torch": torch,
             "DataLoader": torch.utils.data.DataLoader, "F": torch.nn.functional}
@@ -81,7 +83,8 @@ def test_the_fastis_loop_changes_at_most_five_lines_of_the_plain_one():
 
 def test_the_table_covers_every_method():
     assert set(VARIANTS) == {"Uniform", "SoftRandom", "ImportanceSampler", "RAS",
-                             "HighLossBatches", "BiasedLoss", "UpperBound", "BiasedLoss exact"}
+                             "HighLossBatches", "BiasedLoss", "UpperBound", "BiasedLoss exact",
+                             "DynamicPruning", "SelectiveBackprop", "RhoLoss"}
     for name in POOL_METHODS:
         assert changed_lines(VARIANTS["Uniform"], VARIANTS[name]) == 3  # constructor + 2
 
@@ -91,15 +94,19 @@ def test_readme_loop_trains_and_resumes_exactly(name, tmp_path):
     code = VARIANTS[name]
     straight = namespace(3)
     exec(code, straight)
-    assert straight["sampler"].step == 3 * len(straight["sampler"])
-    # One epoch, a checkpoint of the three states, then fresh objects resumed from it.
-    first = namespace(1)
-    exec(code, first)
+    # Three epochs (a pruned epoch is shorter: their starts say how long each was).
+    assert straight["sampler"].step == straight["sampler"].epoch_start(3) > 0
+    # One epoch (of a run planned for three), a checkpoint of the three states, then fresh
+    # objects resumed from it.
+    setup, body = code.split("for epoch in range", 1)
+    first = namespace(3)
+    exec(setup, first)
+    first["epochs"] = 1
+    exec("for epoch in range" + body, first)
     torch.save({"model": first["model"].state_dict(),
                 "optimizer": first["optimizer"].state_dict(),
                 "sampler": first["sampler"].state_dict()}, tmp_path / "ckpt.pt")
     resumed = namespace(3)
-    setup, body = code.split("for epoch in range", 1)
     exec(setup, resumed)
     state = torch.load(tmp_path / "ckpt.pt")
     resumed["model"].load_state_dict(state["model"])
@@ -132,8 +139,7 @@ def ddp_variants() -> dict[str, str]:
     """The README's DDP example, and its pool variant (the pool lines scoring through
     model.module, with the exact BiasedLoss: every step a pool)."""
     code = readme_block("<!-- ddp-example -->")
-    constructor = ("fastis.samplers.ImportanceSampler(len(train_set), batch_size=256, "
-                   "floor=0.1, seed=0)")
+    constructor = "fastis.samplers.ImportanceSampler(len(train_set), batch_size=256, seed=0)"
     assert constructor in code
     pooled = with_pool_lines(code, "model.module(").replace(
         constructor, "fastis.samplers.BiasedLoss(len(train_set), batch_size=256, seed=0)")
