@@ -13,14 +13,20 @@ Regimes (fastis.training.image_task; the methods at the README's settings, fasti
   noise      20% of the training labels replaced at random (10,000 held out for RHO-LOSS's
              irreducible-loss model, which trains before the race and is not timed)
 
-Every run of a seed starts from the same weights; data loading, sampling, scoring and the
-optimizer step count against the budget, evaluation does not. A run's time (steps,
+Every run of a seed starts from the same weights, and the runs of a seed train alternately,
+20 steps of each in turn (fastis.training.race), so that drifts in the machine's speed (20%
+and more on this shared machine) hit every method alike; each run's clock counts its own
+steps: data loading, sampling, scoring and the optimizer step, not evaluation.
+DynamicPruning plans the epochs uniform sampling goes through in the budget (from 100 timed
+steps). A run's time (steps,
 back-propagated examples) to a target is interpolated between evaluations: the targets are
 the same seed's uniform run's best test metric and its final training loss. The accuracy and
 loss ratios are means of seeds against uniform's mean. torch runs one thread (--threads).
 
     python benchmarks/time_to_accuracy.py                       # everything, ~45 minutes
     python benchmarks/time_to_accuracy.py --regimes mlp --seeds 1 --seconds 3   # a smoke run
+    python benchmarks/time_to_accuracy.py --regimes mlp --merge results/time_to_accuracy.json
+        # reruns one regime, keeping the others of an earlier run
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import torch
 
 from fastis import datasets
 from fastis.recipes import WEIGHTED, holdout_irreducible_losses, make_sampler
-from fastis.training import Budget, Run, image_task, step_decay, train
+from fastis.training import Budget, Run, Training, image_task, race, step_decay
 
 # (label, method, options) per regime; labels are the tables' rows.
 ALL = [("uniform", "uniform", {}), ("importance", "importance", {}),
@@ -69,6 +75,7 @@ REGIMES: dict[str, dict[str, Any]] = {
               + [("rho-loss", "rho-loss", {})]},
 }
 PRUNING_EPOCHS = 40
+BATCH = 128
 
 
 def budget_of(spec: dict[str, Any], args: argparse.Namespace) -> Budget:
@@ -102,45 +109,52 @@ def full_batch_descent(task: Any, budget: Budget, lr: float) -> Run:
     return run
 
 
+def planned_epochs(task: Any, budget: Budget, seed: int) -> int:
+    """The epochs uniform sampling goes through in the budget, from 100 timed steps (what
+    DynamicPruning plans for in a wall-clock race; it must be built before the race)."""
+    if budget.seconds is None:
+        return max(1, round(budget.steps * BATCH / task.num_examples))
+    probe = Training(task, make_sampler("uniform", task, BATCH, seed=seed), "probe",
+                     budget=Budget(steps=120, evaluations=1), lr=0.0, seed=seed)
+    probe.advance(20)  # warm-up
+    start, steps = probe.clock, probe.steps
+    probe.advance(100)
+    per_step = (probe.clock - start) / (probe.steps - steps)
+    return max(1, round(budget.seconds / per_step * BATCH / task.num_examples))
+
+
 def run_regime(name: str, split: datasets.Split, args: argparse.Namespace) -> dict[str, Any]:
     spec = REGIMES[name]
     budget = budget_of(spec, args)
     runs: list[dict[str, Any]] = []
 
-    def race(task: Any, label: str, method: str, options: dict[str, Any], seed: int,
-             lr: float, run_budget: Budget, **extra: Any) -> Run:
-        epochs = extra.pop("epochs", None)
-        batch = extra.pop("batch", 128)
-        sampler = make_sampler(method, task, batch, seed=seed, epochs=epochs, **extra,
-                               **options)
-        run = train(task, sampler, label, budget=run_budget, lr=lr, seed=seed)
-        runs.append({"variant": label, "method": method, "seed": seed, "lr": lr,
-                     "budget": asdict(run_budget), **asdict(run)})
-        print(f"[{name}] {label} lr {lr:g} seed {seed}: {run.steps[-1]} steps, loss "
-              f"{run.metrics['train_loss'][-1]:.4f}, {spec['metric']} "
-              f"{100 * run.metrics[spec['metric']][-1]:.2f}%", file=sys.stderr, flush=True)
-        return run
+    def race_all(task: Any, variants: list[tuple[str, str, dict[str, Any]]], seed: int,
+                 lr: float, run_budget: Budget, **extra: Any) -> None:
+        """Trains the variants alternately, a block of steps each (fastis.training.race)."""
+        trainings = [Training(task, make_sampler(method, task, BATCH, seed=seed, **extra,
+                                                 **options),
+                              label, budget=run_budget, lr=lr, seed=seed)
+                     for label, method, options in variants]
+        for (label, method, _), run in zip(variants, race(trainings)):
+            runs.append({"variant": label, "method": method, "seed": seed, "lr": lr,
+                         "budget": asdict(run_budget), **asdict(run)})
+            print(f"[{name}] {label} lr {lr:g} seed {seed}: {run.steps[-1]} steps, loss "
+                  f"{run.metrics['train_loss'][-1]:.4f}, {spec['metric']} "
+                  f"{100 * run.metrics[spec['metric']][-1]:.2f}%", file=sys.stderr, flush=True)
 
     extras: dict[str, Any] = {}
     for seed in range(args.seeds):
         task = image_task(split, seed=seed, **spec["task"])
+        extra: dict[str, Any] = {}
         if name == "noise":
             start = time.perf_counter()
-            extras["irreducible"] = holdout_irreducible_losses(task, seed=seed)
+            extra["irreducible"] = holdout_irreducible_losses(task, seed=seed)
             extras["irreducible_seconds"] = time.perf_counter() - start
+        variants = [v for v in spec["variants"]
+                    if not args.only or v[0] in args.only or v[0] == "uniform"]
         for lr in spec["lrs"]:
-            uniform_epochs = None
-            for label, method, options in spec["variants"]:
-                if args.only and label not in args.only and label != "uniform":
-                    continue
-                extra: dict[str, Any] = {}
-                if method == "dynamic-pruning":  # it plans uniform's number of epochs
-                    extra["epochs"] = max(1, uniform_epochs or 1)
-                if method == "rho-loss":
-                    extra["irreducible"] = extras["irreducible"]
-                run = race(task, label, method, options, seed, lr, budget, **extra)
-                if method == "uniform":
-                    uniform_epochs = round(run.steps[-1] * 128 / task.num_examples)
+            race_all(task, variants, seed, lr, budget,
+                     epochs=planned_epochs(task, budget, seed), **extra)
         if name == "convex" and seed == 0 and args.gd:  # the floor: full-batch GD
             for lr in (0.05, 0.1):
                 run = full_batch_descent(task, budget, lr)
@@ -150,10 +164,9 @@ def run_regime(name: str, split: datasets.Split, args: argparse.Namespace) -> di
                       f"{run.metrics['train_loss'][-1]:.4f}", file=sys.stderr, flush=True)
         if name == "mlp" and not args.only:  # equal epochs: how much dynamic pruning saves
             epochs = Budget(epochs=args.epochs or PRUNING_EPOCHS, evaluations=args.evaluations)
-            for label, method in (("uniform (epochs)", "uniform"),
-                                  ("dynamic-pruning (epochs)", "dynamic-pruning")):
-                race(task, label, method, {}, seed, spec["lrs"][0], epochs,
-                     epochs=epochs.epochs)
+            race_all(task, [("uniform (epochs)", "uniform", {}),
+                            ("dynamic-pruning (epochs)", "dynamic-pruning", {})],
+                     seed, spec["lrs"][0], epochs, epochs=epochs.epochs)
     return {"regime": name, "metric": spec["metric"], "task": spec["task"],
             "irreducible_seconds": extras.get("irreducible_seconds"), "runs": runs}
 
@@ -299,6 +312,9 @@ def seed_metric_diffs(result: dict[str, Any], figures: dict[str, dict[str, Any]]
 
 
 def render(record: dict[str, Any], folder: Path, notes: list[str]) -> Path:
+    notes = notes + [f"The {regime} regime comes from the run of {env['date']} "
+                     f"(`{env['command']}`, commit {env['commit']})."
+                     for regime, env in record.get("merged", {}).items()]
     sections, summaries = list(notes), {}
     for result in record["regimes"]:
         figures = summarise(result)
@@ -330,6 +346,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data", help="Fashion-MNIST folder (default: the Debian package's)")
     parser.add_argument("--from-json", metavar="JSON", help="re-render the report of a "
                         "finished run from its JSON (no training)")
+    parser.add_argument("--merge", metavar="JSON", help="keep the regimes of this earlier "
+                        "run that this one does not rerun")
     return parser.parse_args(argv)
 
 
@@ -347,6 +365,12 @@ def main(argv: list[str]) -> int:
     record: dict[str, Any] = {"env": harness.environment(argv), "regimes": []}
     for name in args.regimes:
         record["regimes"].append(run_regime(name, split, args))
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        kept = [r for r in earlier["regimes"] if r["regime"] not in args.regimes]
+        record["regimes"] = sorted(kept + record["regimes"],
+                                   key=lambda r: list(REGIMES).index(r["regime"]))
+        record["merged"] = {r["regime"]: earlier["env"] for r in kept}
     print(f"wrote {render(record, harness.RESULTS_DIR, [])}")
     return 0
 

@@ -25,7 +25,8 @@ import fastis
 from fastis import datasets
 from fastis.data import take_rows
 
-__all__ = ["MLP", "Budget", "ClassificationTask", "Run", "SmallCNN", "image_task", "train"]
+__all__ = ["MLP", "Budget", "ClassificationTask", "Run", "SmallCNN", "Training", "image_task",
+           "race", "train"]
 
 
 class SmallCNN(nn.Module):
@@ -301,14 +302,128 @@ def cosine(progress: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+class Training:
+    """One training run that advances a block of steps at a time, so that race() can
+    alternate several runs in one process: drifts in machine speed then hit every run alike,
+    and each run's clock counts its own steps only. Trains a fresh model of the task (initial
+    weights from `seed`; or `model`, in place) with `sampler`: SGD with momentum, the
+    learning rate lr * schedule(fraction of the budget used).
+
+    Examples:
+        >>> import torch, fastis
+        >>> from fastis.training import Budget, ClassificationTask, MLP, Training
+        >>> x, y = torch.randn(64, 5), torch.arange(64) % 2
+        >>> task = ClassificationTask(x, y, x, y, lambda: MLP(5, (), classes=2))
+        >>> run = Training(task, fastis.samplers.Uniform(64, 16, seed=0), "uniform",
+        ...                budget=Budget(steps=8, evaluations=2), lr=0.1)
+        >>> while run.advance(3):
+        ...     pass
+        >>> run.result().steps
+        [0, 4, 8]
+    """
+
+    def __init__(self, task: ClassificationTask | Any, sampler: Any, method: str, *,
+                 budget: Budget, lr: float, schedule: Callable[[float], float] = step_decay,
+                 momentum: float = 0.9, seed: int = 0,
+                 progress: Callable[[float], None] | None = None,
+                 model: nn.Module | None = None) -> None:
+        torch.manual_seed(seed)
+        self.task, self.sampler, self.budget = task, sampler, budget
+        self.model = task.model() if model is None else model
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+        self.lr, self.schedule, self.progress = lr, schedule, progress
+        self.loader = sampler.loader(task.dataset())
+        self.run = Run(method)
+        self.clock, self.steps, self.backprops = 0.0, 0, 0
+        self._iterator: Any = None
+        self._next_eval = 1.0 / budget.evaluations
+        self._record()
+
+    def _record(self) -> None:
+        run = self.run
+        run.seconds.append(self.clock)
+        run.steps.append(self.steps)
+        run.backprops.append(self.backprops)
+        for name, value in self.task.metrics(self.model).items():
+            run.metrics.setdefault(name, []).append(value)
+
+    def _used(self) -> float:
+        return self.budget.progress(self.steps, self.clock, self.sampler)
+
+    def advance(self, steps: int) -> bool:
+        """Trains up to `steps` more steps; False once the budget is used (then the run is
+        final)."""
+        task, model, optimizer, sampler = self.task, self.model, self.optimizer, self.sampler
+        for _ in range(steps):
+            if self._used() >= 1.0:
+                break
+            start = time.perf_counter()
+            if self._iterator is None:
+                self._iterator = iter(self.loader)
+            batch = next(self._iterator, None)
+            if batch is None:  # the epoch ended: a new iterator starts the next one
+                self._iterator = None
+                self.clock += time.perf_counter() - start
+                continue
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr * self.schedule(self._used())
+            data, weight = batch.data, batch.weight
+            if sampler.scores_pools:  # pool methods: score the pool, keep part of it
+                pick = sampler.select(batch, lambda rows, data=data: task.scores(
+                    model, take_rows(data, rows)))
+                data, weight = pick.take(data), pick.weight
+            losses, scores = task.example_losses(model, data, weight)
+            optimizer.zero_grad(set_to_none=True)
+            losses.mean().backward()
+            optimizer.step()
+            sampler.update(batch, scores)
+            self.steps += 1
+            self.backprops += len(weight)
+            elapsed = time.perf_counter() - start
+            self.clock += elapsed
+            if self.progress is not None:
+                self.progress(elapsed)
+            if self._used() >= self._next_eval - 1e-9:
+                self._record()
+                self._next_eval += 1.0 / self.budget.evaluations
+        if self._used() < 1.0:
+            return True
+        if self.run.steps[-1] < self.steps:
+            self._record()
+        return False
+
+    def result(self) -> Run:
+        """The Run so far, with the sampler's stats now."""
+        self.run.sampler_stats = self.sampler.stats()
+        return self.run
+
+
+def race(trainings: list[Training], block: int = 20) -> list[Run]:
+    """Runs every Training to the end of its budget, `block` steps of each in turn; returns
+    their Runs in order.
+
+    Examples:
+        >>> import torch, fastis
+        >>> from fastis.training import Budget, ClassificationTask, MLP, Training, race
+        >>> x, y = torch.randn(64, 5), torch.arange(64) % 2
+        >>> task = ClassificationTask(x, y, x, y, lambda: MLP(5, (), classes=2))
+        >>> runs = race([Training(task, fastis.samplers.Uniform(64, 16, seed=s), f"u{s}",
+        ...                       budget=Budget(steps=6, evaluations=1), lr=0.1, seed=s)
+        ...              for s in range(2)], block=4)
+        >>> [r.steps[-1] for r in runs]
+        [6, 6]
+    """
+    active = list(trainings)
+    while active:
+        active = [t for t in active if t.advance(block)]
+    return [t.result() for t in trainings]
+
+
 def train(task: ClassificationTask | Any, sampler: Any, method: str, *, budget: Budget,
           lr: float, schedule: Callable[[float], float] = step_decay, momentum: float = 0.9,
           seed: int = 0, progress: Callable[[float], None] | None = None,
           model: nn.Module | None = None) -> Run:
-    """Trains a fresh model of the task (initial weights from `seed`; or `model`, in
-    place) with `sampler` (SGD
-    with momentum, the learning rate lr * schedule(fraction of the budget used)); returns
-    its Run.
+    """One Training run to the end of its budget (its arguments); returns its Run.
 
     Examples:
         >>> import torch, fastis
@@ -320,52 +435,8 @@ def train(task: ClassificationTask | Any, sampler: Any, method: str, *, budget: 
         >>> run.steps, run.backprops
         ([0, 4, 8], [0, 64, 128])
     """
-    torch.manual_seed(seed)
-    model = task.model() if model is None else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    loader = sampler.loader(task.dataset())
-    run = Run(method)
-    clock, steps, backprops = 0.0, 0, 0
-    every = 1.0 / budget.evaluations
-
-    def record() -> None:
-        run.seconds.append(clock)
-        run.steps.append(steps)
-        run.backprops.append(backprops)
-        for name, value in task.metrics(model).items():
-            run.metrics.setdefault(name, []).append(value)
-
-    record()
-    next_eval = every
-    while budget.progress(steps, clock, sampler) < 1.0:
-        iterator = iter(loader)
-        while budget.progress(steps, clock, sampler) < 1.0:
-            start = time.perf_counter()
-            batch = next(iterator, None)
-            if batch is None:
-                break  # the epoch ended: a new iterator starts the next one
-            for group in optimizer.param_groups:
-                group["lr"] = lr * schedule(budget.progress(steps, clock, sampler))
-            data, weight = batch.data, batch.weight
-            if sampler.scores_pools:  # pool methods: score the pool, keep part of it
-                pick = sampler.select(batch, lambda rows, data=data: task.scores(
-                    model, take_rows(data, rows)))
-                data, weight = pick.take(data), pick.weight
-            losses, scores = task.example_losses(model, data, weight)
-            optimizer.zero_grad(set_to_none=True)
-            losses.mean().backward()
-            optimizer.step()
-            sampler.update(batch, scores)
-            steps += 1
-            backprops += len(weight)
-            elapsed = time.perf_counter() - start
-            clock += elapsed
-            if progress is not None:
-                progress(elapsed)
-            if budget.progress(steps, clock, sampler) >= next_eval - 1e-9:
-                record()
-                next_eval += every
-    if run.steps[-1] < steps:
-        record()
-    run.sampler_stats = sampler.stats()
-    return run
+    training = Training(task, sampler, method, budget=budget, lr=lr, schedule=schedule,
+                        momentum=momentum, seed=seed, progress=progress, model=model)
+    while training.advance(1 << 30):
+        pass
+    return training.result()
