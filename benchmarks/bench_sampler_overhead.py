@@ -37,8 +37,9 @@ LABELS = np.random.default_rng(0).integers(0, 10, N)
 FACTORIES = {
     "Uniform": lambda: samplers.Uniform(N, BATCH, seed=0),
     "SoftRandom (rate 0.5)": lambda: samplers.SoftRandom(N, BATCH, rate=0.5, seed=0),
-    "ImportanceSampler": lambda: samplers.ImportanceSampler(N, BATCH, floor=0.1,
-                                                            steps_per_epoch=STEPS, seed=0),
+    "ImportanceSampler (guarded)": lambda: samplers.ImportanceSampler(N, BATCH,
+                                                                      steps_per_epoch=STEPS,
+                                                                      seed=0),
     "UpperBound, uniform steps": lambda: samplers.UpperBound(N, BATCH, steps_per_epoch=STEPS,
                                                              seed=0),
     "UpperBound, importance steps (pool 384)": _upper_bound_on,
@@ -50,6 +51,12 @@ FACTORIES = {
         N, BATCH, predictor="lstm", labels=LABELS, steps_per_epoch=STEPS, seed=0),
     "RAS": lambda: samplers.RAS(N, BATCH, groups=LABELS, steps_per_epoch=STEPS, seed=0),
     "HighLossBatches (delta 0.5)": lambda: samplers.HighLossBatches(N, BATCH, seed=0),
+    "DynamicPruning": lambda: samplers.DynamicPruning(N, BATCH, epochs=10, seed=0),
+    "SelectiveBackprop (pool 512)": lambda: samplers.SelectiveBackprop(N, BATCH, seed=0),
+    "SelectiveBackprop reweighted (pool 512)": lambda: samplers.SelectiveBackprop(
+        N, BATCH, reweight=True, seed=0),
+    "RhoLoss (pool 1280)": lambda: samplers.RhoLoss(
+        N, BATCH, irreducible=np.random.default_rng(2).random(N), seed=0),
 }
 
 
