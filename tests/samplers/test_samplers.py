@@ -559,3 +559,38 @@ def test_a_loader_thread_may_draw_while_the_loop_updates():
     np.testing.assert_array_equal(sampler._stamp, stamp)
     assert sampler._stamp_sum == stamp[stamp >= 0].sum()
     assert sampler._num_seen == int(sampler._seen.sum()) and sampler.step == 2000
+
+
+def test_reshuffled_stream_is_a_permutation_per_pass_and_uniform_per_position():
+    from fastis.samplers.draws import Reshuffled
+
+    stream = Reshuffled(seed=3, num_examples=37)
+    examples = stream.at(np.arange(0, 37 * 3, dtype=np.int64), None)
+    for p in range(3):  # each pass of 37 positions: every example once
+        assert sorted(examples[37 * p:37 * (p + 1)].tolist()) == list(range(37))
+    assert not np.array_equal(examples[:37], examples[37:74])  # a fresh order per pass
+    # Any slice, across a pass boundary too, reads the same stream.
+    np.testing.assert_array_equal(stream.at(np.arange(30, 45, dtype=np.int64), None),
+                                  examples[30:45])
+    # Position 5 over many seeds: uniform over the examples (chi-square, 5 sigma).
+    hits = np.bincount([Reshuffled(s, 8).at(np.array([5]), None)[0] for s in range(4000)],
+                       minlength=8)
+    chi2 = ((hits - 500) ** 2 / 500).sum()
+    assert chi2 < 7 + 5 * np.sqrt(14), chi2
+    # Beyond max_examples: independent draws from the caller's generator.
+    big = Reshuffled(seed=0, num_examples=100, max_examples=10)
+    assert not big.reshuffles
+    assert len(big.at(np.arange(5), np.random.default_rng(0))) == 5
+
+
+def test_importance_sampler_backed_off_goes_through_the_data_without_replacement():
+    n, b = 40, 4
+    sampler = ImportanceSampler(n, b, steps_per_epoch=10**6, seed=5)
+    stream = iter(sampler)
+    drawn = []
+    for _ in range(10):  # the guard's warm-up: uniform sampling, u = 1
+        draw = next(stream)
+        assert sampler.uniform_share() == 1.0
+        drawn += draw.index.tolist()
+        sampler.update(draw, np.ones(b))
+    assert sorted(drawn) == list(range(n))  # one pass: random reshuffling
