@@ -45,7 +45,7 @@ import harness
 import torch
 
 from fastis import datasets
-from fastis.recipes import WEIGHTED, holdout_irreducible_losses, make_sampler
+from fastis.recipes import WEIGHTED, holdout_irreducible_losses, make_sampler, planned_epochs
 from fastis.training import Budget, Run, Training, image_task, race, step_decay
 
 # (label, method, options) per regime; labels are the tables' rows.
@@ -109,20 +109,6 @@ def full_batch_descent(task: Any, budget: Budget, lr: float) -> Run:
     return run
 
 
-def planned_epochs(task: Any, budget: Budget, seed: int) -> int:
-    """The epochs uniform sampling goes through in the budget, from 100 timed steps (what
-    DynamicPruning plans for in a wall-clock race; it must be built before the race)."""
-    if budget.seconds is None:
-        return max(1, round(budget.steps * BATCH / task.num_examples))
-    probe = Training(task, make_sampler("uniform", task, BATCH, seed=seed), "probe",
-                     budget=Budget(steps=120, evaluations=1), lr=0.0, seed=seed)
-    probe.advance(20)  # warm-up
-    start, steps = probe.clock, probe.steps
-    probe.advance(100)
-    per_step = (probe.clock - start) / (probe.steps - steps)
-    return max(1, round(budget.seconds / per_step * BATCH / task.num_examples))
-
-
 def run_regime(name: str, split: datasets.Split, args: argparse.Namespace) -> dict[str, Any]:
     spec = REGIMES[name]
     budget = budget_of(spec, args)
@@ -154,7 +140,7 @@ def run_regime(name: str, split: datasets.Split, args: argparse.Namespace) -> di
                     if not args.only or v[0] in args.only or v[0] == "uniform"]
         for lr in spec["lrs"]:
             race_all(task, variants, seed, lr, budget,
-                     epochs=planned_epochs(task, budget, seed), **extra)
+                     epochs=planned_epochs(task, budget, BATCH), **extra)
         if name == "convex" and seed == 0 and args.gd:  # the floor: full-batch GD
             for lr in (0.05, 0.1):
                 run = full_batch_descent(task, budget, lr)

@@ -43,8 +43,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", choices=("mlp", "cnn", "linear"), default="mlp",
                       help="mlp (784-256-128-10, the default), cnn (the small CNN race) or "
                       "linear (softmax regression)")
-    demo.add_argument("--seconds", type=_positive_float, default=40.0,
-                      help="training time per method (default 40: about 3 minutes in all)")
+    demo.add_argument("--epochs", type=_positive_int, default=30,
+                      help="epochs per method (default 30: about 3 minutes in all)")
+    demo.add_argument("--seconds", type=_positive_float,
+                      help="train each method for this many seconds instead of --epochs")
     demo.add_argument("--methods", nargs="+", choices=(*DEMO_METHODS, "all"),
                       default=list(DEFAULT_METHODS), metavar="METHOD",
                       help=f"methods to run (uniform always runs; default "
@@ -79,7 +81,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"fastis demo: {missing}", file=sys.stderr)
         return 2
     methods = DEMO_METHODS if "all" in args.methods else tuple(args.methods)
-    config = DemoConfig(data=args.data, model=args.model, seconds=args.seconds, methods=methods,
+    config = DemoConfig(data=args.data, model=args.model, epochs=args.epochs,
+                        seconds=args.seconds, methods=methods,
                         batch_size=args.batch_size, lr=args.lr, evaluations=args.evaluations,
                         seed=args.seed, out=args.out, device=args.device, quiet=args.quiet)
     run(config, split)

@@ -20,9 +20,10 @@ import torch
 
 from fastis import samplers
 from fastis.samplers.rho_loss import irreducible_losses
-from fastis.training import Budget, ClassificationTask, train
+from fastis.training import Budget, ClassificationTask, Training, train
 
-__all__ = ["METHODS", "WEIGHTED", "holdout_irreducible_losses", "make_sampler"]
+__all__ = ["METHODS", "WEIGHTED", "holdout_irreducible_losses", "make_sampler",
+           "planned_epochs"]
 
 # The order of the tables: uniform first, then the unbiased (weighted) methods, then the
 # biased ones.
@@ -102,3 +103,30 @@ def holdout_irreducible_losses(task: ClassificationTask, *, epochs: int = 10,
     train(helper, sampler, "irreducible", budget=Budget(epochs=epochs, evaluations=1), lr=lr,
           seed=seed, model=model)
     return irreducible_losses(model, task.dataset(), batch_size=4096)
+
+
+def planned_epochs(task: ClassificationTask, budget: Budget, batch_size: int) -> int:
+    """The epochs uniform sampling goes through in `budget` (for a budget of seconds: from
+    100 timed steps after 20 of warm-up), what DynamicPruning plans for when it must be
+    built before the run.
+
+    Examples:
+        >>> import torch
+        >>> from fastis.recipes import planned_epochs
+        >>> from fastis.training import Budget, ClassificationTask, MLP
+        >>> x, y = torch.randn(40, 5), torch.arange(40) % 2
+        >>> task = ClassificationTask(x, y, x, y, lambda: MLP(5, (), classes=2))
+        >>> planned_epochs(task, Budget(steps=20), 8), planned_epochs(task, Budget(epochs=3), 8)
+        (4, 3)
+    """
+    if budget.epochs is not None:
+        return budget.epochs
+    if budget.steps is not None:
+        return max(1, round(budget.steps * batch_size / task.num_examples))
+    probe = Training(task, make_sampler("uniform", task, batch_size, seed=0), "probe",
+                     budget=Budget(steps=120, evaluations=1), lr=0.0)
+    probe.advance(20)  # warm-up
+    start, steps = probe.clock, probe.steps
+    probe.advance(100)
+    per_step = (probe.clock - start) / max(probe.steps - steps, 1)
+    return max(1, round(budget.seconds / per_step * batch_size / task.num_examples))

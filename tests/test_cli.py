@@ -38,7 +38,7 @@ def test_missing_data_stops_with_the_install_command(tmp_path, capsys):
 def test_demo_runs_end_to_end_on_tiny_data(tmp_path, capsys):
     fashion_like(tmp_path / "data", train=640, test=200)
     out = tmp_path / "out"
-    code = cli.main(["demo", "--data", str(tmp_path / "data"), "--seconds", "0.4",
+    code = cli.main(["demo", "--data", str(tmp_path / "data"), "--epochs", "3",
                      "--evaluations", "2", "--batch-size", "32", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -46,7 +46,9 @@ def test_demo_runs_end_to_end_on_tiny_data(tmp_path, capsys):
     record = json.loads((out / "demo.json").read_text())
     assert [row["method"] for row in record["rows"]] == list(DEFAULT_METHODS)
     uniform = record["rows"][0]
-    assert uniform["speedup"] == 1.0 and uniform["steps"] > 0
+    assert uniform["speedup"] == 1.0 and uniform["steps"] == 3 * 20  # 3 epochs of 640 / 32
+    pruned = next(row for row in record["rows"] if row["method"] == "dynamic-pruning")
+    assert pruned["backprops"] < uniform["backprops"]  # pruned epochs, the same count
     for row in record["rows"]:
         assert 0 <= row["test_accuracy"] <= 1 and math.isfinite(row["train_loss"])
     assert (out / "demo.png").stat().st_size > 10_000
