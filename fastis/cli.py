@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
                       help="mlp (784-256-128-10, the default), cnn (the small CNN race) or "
                       "linear (softmax regression)")
     demo.add_argument("--epochs", type=_positive_int, default=30,
-                      help="epochs per method (default 30: about 3 minutes in all)")
+                      help="epochs per method (default 30: under 2 minutes in all for the "
+                      "MLP on 2 CPU cores)")
     demo.add_argument("--seconds", type=_positive_float,
                       help="train each method for this many seconds instead of --epochs")
     demo.add_argument("--methods", nargs="+", choices=(*DEMO_METHODS, "all"),
