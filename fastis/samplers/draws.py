@@ -104,8 +104,8 @@ class EpochOrder:
         return self._order
 
 
-# Above this many examples, Reshuffled draws independently: a cached permutation would cost
-# 8 bytes per example twice over (a billion examples: 16 GB).
+# Above this many examples, Reshuffled draws independently: its two cached permutations cost
+# 8 bytes per example (128 MB at this limit; a billion examples would need 8 GB).
 RESHUFFLE_MAX = 1 << 24
 
 
@@ -153,7 +153,9 @@ class Reshuffled:
             if len(self._cycles) >= 2:  # a batch spans at most two passes
                 self._cycles.pop(min(self._cycles))
             rng = step_generator(self.seed, cycle, STREAM_EPOCH)
-            order = self._cycles[cycle] = rng.permutation(self.num_examples).astype(np.int64)
+            # int32 halves the cache (it is used below 2^31 examples only).
+            order = self._cycles[cycle] = rng.permutation(self.num_examples).astype(
+                np.int32 if self.num_examples < 2**31 else np.int64)
         return order
 
 
