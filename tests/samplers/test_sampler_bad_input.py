@@ -289,11 +289,13 @@ def test_a_loop_that_never_reports_back_is_warned_once():
 @pytest.mark.parametrize("dataset", ["tensors", "indexed", "list"])
 @pytest.mark.parametrize("argument", ["batch_sampler", "sampler"])
 def test_wiring_mistakes_say_how_to_build_the_loader(dataset, argument):
-    if dataset == "indexed" and argument == "batch_sampler":
-        pytest.skip("the right wiring")
     base = torch.utils.data.TensorDataset(torch.arange(float(N)))
     ds = {"tensors": base, "indexed": fastis.data.Indexed(base), "list": list(range(N))}[dataset]
     loader = torch.utils.data.DataLoader(ds, **{argument: Uniform(N, B, seed=0)})
+    if dataset == "indexed" and argument == "batch_sampler":  # the right wiring: it works
+        batch = next(iter(loader))
+        assert torch.equal(batch.data[0].long(), batch.index) and len(batch.index) == B
+        return
     with pytest.raises(TypeError, match=r"sampler\.loader"):
         next(iter(loader))
 
