@@ -230,7 +230,7 @@ class Sharded:
         pool_step = local is not None
         trained = len(local.pick.rows) if pool_step else len(index)
         values = self.sampler.scores_of(scores, trained, allow_invalid=True)
-        norms = self.sampler.norms_of(scores, trained, allow_invalid=True)
+        norms = self.sampler.norms_of(scores, trained, allow_invalid=True, values=values)
         if pool_step:
             positions, index = local.positions, local.pick.index.numpy()
             values, norms = values[:len(positions)], norms[:len(positions)]

@@ -412,13 +412,17 @@ class BatchSampler(abc.ABC):
                              f"[{values.min():g}, {values.max():g}]")
         return values
 
-    def norms_of(self, scores: Any, size: int, *, allow_invalid: bool = False) -> np.ndarray:
+    def norms_of(self, scores: Any, size: int, *, allow_invalid: bool = False,
+                 values: np.ndarray | None = None) -> np.ndarray:
         """float64 [size]: the trained examples' gradient norms (or their bound), for the
         variance guard: the grad_norm field of a fastis.ops.Scores, else the scores
-        themselves (a loss stands in for its gradient's norm)."""
+        themselves (a loss stands in for its gradient's norm): `values`, when the caller
+        has them from scores_of() already."""
         if hasattr(scores, "grad_norm") and not isinstance(scores, (torch.Tensor, np.ndarray)):
             return self.scores_of(scores.grad_norm, size, name="grad_norm",
                                   allow_invalid=allow_invalid)
+        if values is not None:
+            return values
         return self.scores_of(scores, size, allow_invalid=allow_invalid)
 
     # ------------------------------------------------------------------ reporting

@@ -200,7 +200,7 @@ class BiasedLoss(PoolSampler):
                 values = self.scores_of(scores, len(index))
                 if self.guard is not None and step not in self._pool_steps:
                     self.guard.observe_pool(self._sampling_scores(values, advance=False),
-                                            self.norms_of(scores, len(index)))
+                                            self.norms_of(scores, len(index), values=values))
             return
         if scores is None:
             raise ValueError("BiasedLoss.update() needs the trained examples' losses to "
@@ -210,7 +210,7 @@ class BiasedLoss(PoolSampler):
         if drawn is not None and weight is not None:
             by_score, mix = drawn
             current = 1.0 / ((1.0 - mix) * self.pool_size * by_score + mix)  # 1 / (P g)
-            self.guard.observe_batch(current, self.norms_of(scores, len(index)),
+            self.guard.observe_batch(current, self.norms_of(scores, len(index), values=values),
                                      self.guard.candidate_weights(by_score, 1.0 / self.pool_size))
         self.predictor.observe(index, values)
 

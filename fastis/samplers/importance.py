@@ -164,7 +164,9 @@ class ImportanceSampler(BatchSampler):
                 else np.full(len(index), 1.0 / self.num_examples)
             candidates = self.guard.candidate_weights(by_score, 1.0 / self.num_examples,
                                                       floor=self._configured_share())
-            norms = self.norms_of(scores, len(index), allow_invalid=self.invalid == "skip")
+            skip = self.invalid == "skip"
+            norms = self.norms_of(scores, len(index), allow_invalid=skip,
+                                  values=None if skip else values)
             valid = np.isfinite(norms) & (norms >= 0)  # invalid="skip": the rest are left out
             self.guard.observe_batch(weight[valid], norms[valid], candidates[:, valid])
         keep = np.isfinite(values)

@@ -79,10 +79,9 @@ class PoolSampler(BatchSampler):
 
     Hooks a method implements, beyond BatchSampler's:
         `_choose(pool, index, step) -> (rows, weights)`  abstract: the rows of a scored
-                                   pool (PoolScores, of examples `index`) to train on, and
-                                   their loss
-                                   weights, float64 [b]; `_resample()` draws them with
-                                   replacement in proportion to sampling scores.
+                                   pool (PoolScores, of examples `index`) to train on and
+                                   their loss weights, float64 [b]; `_resample()` draws
+                                   them with replacement in proportion to sampling scores.
         `_pool_scored(pool, forward_seconds)`  learn from a scored pool (default: nothing).
     A method's `_draw` calls `_draw_pool(step, rng)` (or `_pool_draw(step, index)` for a
     pool of its own choosing) for a pool step. A method with a variance guard sets
@@ -199,10 +198,11 @@ class PoolSampler(BatchSampler):
                     rows = torch.arange(first, min(first + self.forward_batch_size, size))
                     chunk = scores(rows)
                     values.append(self.scores_of(chunk, len(rows)))
-                    norms.append(self.norms_of(chunk, len(rows)))
+                    norms.append(self.norms_of(chunk, len(rows), values=values[-1]))
             return PoolScores(np.concatenate(values), np.concatenate(norms),
                               time.perf_counter() - start)
-        return PoolScores(self.scores_of(scores, size), self.norms_of(scores, size), None)
+        values = self.scores_of(scores, size)
+        return PoolScores(values, self.norms_of(scores, size, values=values), None)
 
     def _resample(self, sampling: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
         """b rows drawn with replacement from a pool, P(r) = g_r: the sampling scores

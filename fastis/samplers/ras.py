@@ -156,7 +156,8 @@ class RAS(BatchSampler):
             group = self._group_of[index]
             candidates = self.guard.candidate_weights(self._adaptive_distribution()[group],
                                                       self.prior[group], floor=self.mix)
-            self.guard.observe_batch(weight, self.norms_of(scores, len(index)), candidates)
+            self.guard.observe_batch(weight, self.norms_of(scores, len(index), values=values),
+                                     candidates)
         group = self._group_of[index]
         count = np.bincount(group, minlength=self.num_groups)
         present = count > 0

@@ -169,7 +169,7 @@ class UpperBound(PoolSampler):
         if step not in self._pool_steps:
             self._update_tau(values)
             if self.guard is not None:  # the trained batch, scored as if it were a pool
-                self.guard.observe_pool(values, self.norms_of(scores, len(index)))
+                self.guard.observe_pool(values, self.norms_of(scores, len(index), values=values))
 
     def _stats(self) -> dict[str, float]:
         return {"tau": self.tau, "tau_th": self.threshold(),
