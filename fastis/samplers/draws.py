@@ -8,6 +8,7 @@ on the process or on the rank, so draws are a function of (seed, step, updates s
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def resample(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
 
 class EpochOrder:
     """Every example once per epoch, in a fresh random order per epoch (from the stream's
-    seed), the current epoch's cached.
+    seed); the orders of the last `keep` epochs asked for are cached.
 
     Examples:
         >>> from fastis.samplers.draws import EpochOrder
@@ -91,17 +92,22 @@ class EpochOrder:
         ([0, 1, 2, 3, 4], True)
     """
 
-    def __init__(self, seed: int, num_examples: int) -> None:
-        self.seed, self.num_examples = seed, num_examples
-        self._epoch, self._order = -1, np.empty(0, np.int64)
+    def __init__(self, seed: int, num_examples: int, *, dtype: Any = np.int64,
+                 keep: int = 1) -> None:
+        self.seed, self.num_examples, self.dtype, self.keep = seed, num_examples, dtype, keep
+        self._orders: dict[int, np.ndarray] = {}
 
     def __call__(self, epoch: int) -> np.ndarray:
-        """The examples of `epoch` in training order, int64 [N] (read, do not modify)."""
-        if epoch != self._epoch:
+        """The examples of `epoch` in training order, [N] of `dtype` (read, do not
+        modify)."""
+        order = self._orders.get(epoch)
+        if order is None:
+            if len(self._orders) >= self.keep:
+                self._orders.pop(min(self._orders))
             rng = step_generator(self.seed, epoch, STREAM_EPOCH)
-            self._order = rng.permutation(self.num_examples).astype(np.int64)
-            self._epoch = epoch
-        return self._order
+            order = self._orders[epoch] = rng.permutation(self.num_examples).astype(
+                self.dtype, copy=False)
+        return order
 
 
 # Above this many examples, Reshuffled draws independently: its two cached permutations cost
@@ -132,7 +138,10 @@ class Reshuffled:
                  max_examples: int | None = RESHUFFLE_MAX) -> None:
         self.seed, self.num_examples = seed, num_examples
         self.reshuffles = max_examples is None or num_examples <= max_examples
-        self._cycles: dict[int, np.ndarray] = {}
+        # Pass c is EpochOrder's epoch c; a batch spans at most two passes. int32 halves the
+        # cache below 2^31 examples.
+        self._passes = EpochOrder(seed, num_examples, keep=2,
+                                  dtype=np.int32 if num_examples < 2**31 else np.int64)
 
     def at(self, positions: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """int64 examples at int64 `positions` (>= 0) of the stream; independent uniform
@@ -144,19 +153,8 @@ class Reshuffled:
         out = np.empty(len(positions), np.int64)
         for c in np.unique(cycle).tolist():
             chosen = cycle == c
-            out[chosen] = self._permutation(c)[offset[chosen]]
+            out[chosen] = self._passes(c)[offset[chosen]]
         return out
-
-    def _permutation(self, cycle: int) -> np.ndarray:
-        order = self._cycles.get(cycle)
-        if order is None:
-            if len(self._cycles) >= 2:  # a batch spans at most two passes
-                self._cycles.pop(min(self._cycles))
-            rng = step_generator(self.seed, cycle, STREAM_EPOCH)
-            # int32 halves the cache (it is used below 2^31 examples only).
-            order = self._cycles[cycle] = rng.permutation(self.num_examples).astype(
-                np.int32 if self.num_examples < 2**31 else np.int64)
-        return order
 
 
 def inclusion_probabilities(weights: np.ndarray, k: int) -> np.ndarray:
