@@ -161,6 +161,11 @@ def mean(values: list[float]) -> float:
     return statistics.mean(values) if values else math.nan
 
 
+def as_run(record: dict[str, Any]) -> Run:
+    """The Run of a recorded run (its curves)."""
+    return Run(**{k: record[k] for k in ("method", "seconds", "steps", "backprops", "metrics")})
+
+
 def summarise(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per variant (at its best learning rate): final loss and metric (means), their ratios
     and differences to uniform's, time / steps / backprops to the targets against uniform's
@@ -194,23 +199,18 @@ def summarise(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f["loss_ratio"] = f["train_loss"] / mean([r["metrics"]["train_loss"][-1] for r in u])
             f["metric_diff"] = f["metric"] - mean([r["metrics"][metric][-1] for r in u])
             f["backprop_ratio"] = f["backprops"] / mean([r["backprops"][-1] for r in u])
+            f["worst_seed_metric_diff"] = min(
+                r["metrics"][metric][-1] - uniform[r["seed"]]["metrics"][metric][-1]
+                for r in runs if r["seed"] in uniform)
+            pairs = [(as_run(r), as_run(uniform[r["seed"]])) for r in runs if r["seed"] in uniform]
             for target_name, target_of, key, below in (
-                    ("accuracy", lambda r: max(r["metrics"][metric]), metric, False),
-                    ("loss", lambda r: r["metrics"]["train_loss"][-1], "train_loss", True)):
+                    ("accuracy", lambda run: max(run.metrics[metric]), metric, False),
+                    ("loss", lambda run: run.metrics["train_loss"][-1], "train_loss", True)):
                 for axis in ("seconds", "steps", "backprops"):
-                    ratios = []
-                    for r in runs:
-                        ref = uniform.get(r["seed"])
-                        if ref is None:
-                            continue
-                        target = target_of(ref)
-                        mine = Run(**{k: r[k] for k in ("method", "seconds", "steps",
-                                                        "backprops", "metrics")})
-                        theirs = Run(**{k: ref[k] for k in ("method", "seconds", "steps",
-                                                            "backprops", "metrics")})
-                        ratios.append(mine.first_reaching(key, target, below=below, axis=axis)
-                                      / theirs.first_reaching(key, target, below=below,
-                                                              axis=axis))
+                    ratios = [mine.first_reaching(key, target_of(theirs), below=below, axis=axis)
+                              / theirs.first_reaching(key, target_of(theirs), below=below,
+                                                      axis=axis)
+                              for mine, theirs in pairs]
                     f[f"{target_name}_{axis}_ratio"] = mean(ratios)
                     f[f"{target_name}_{axis}_worst"] = (math.nan if any(map(math.isnan, ratios))
                                                         else max(ratios, default=math.nan))
@@ -290,21 +290,6 @@ def acceptance(results: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]
     return rows
 
 
-def seed_metric_diffs(result: dict[str, Any], figures: dict[str, dict[str, Any]]) -> None:
-    """Adds the worst seed's metric difference against uniform in the same seed."""
-    metric = result["metric"]
-    for variant, f in figures.items():
-        reference = "uniform (epochs)" if variant.endswith("(epochs)") else "uniform"
-        final = {(r["variant"], r["seed"], r["lr"]): r["metrics"][metric][-1]
-                 for r in result["runs"]}
-        ulr = figures.get(reference, {}).get("lr")
-        diffs = [final[(variant, s, f["lr"])] - final[(reference, s, ulr)]
-                 for (v, s, lr) in final if v == variant and lr == f["lr"]
-                 and (reference, s, ulr) in final]
-        if diffs:
-            f["worst_seed_metric_diff"] = min(diffs)
-
-
 def render(record: dict[str, Any], folder: Path, notes: list[str]) -> Path:
     notes = notes + [f"The {regime} regime comes from the run of {env['date']} "
                      f"(`{env['command']}`, commit {env['commit']})."
@@ -312,7 +297,6 @@ def render(record: dict[str, Any], folder: Path, notes: list[str]) -> Path:
     sections, summaries = list(notes), {}
     for result in record["regimes"]:
         figures = summarise(result)
-        seed_metric_diffs(result, figures)
         summaries[result["regime"]] = figures
         sections.append(section(result, figures))
     sections.insert(len(notes), "## Acceptance\n\n" + harness.table(
