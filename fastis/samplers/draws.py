@@ -149,7 +149,11 @@ class Reshuffled:
         n = self.num_examples
         if not self.reshuffles:
             return rng.integers(0, n, len(positions), dtype=np.int64)
+        if len(positions) == 0:
+            return np.empty(0, np.int64)
         cycle, offset = np.divmod(positions, n)
+        if cycle.min() == cycle.max():  # within one pass: the usual batch
+            return self._passes(int(cycle[0]))[offset].astype(np.int64)
         out = np.empty(len(positions), np.int64)
         for c in np.unique(cycle).tolist():
             chosen = cycle == c
