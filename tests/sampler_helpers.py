@@ -137,7 +137,10 @@ IRREDUCIBLE = (np.arange(N) % 5) / 10.0
 # Samplers that learn from scores; each after a few steps of training.
 LEARNERS = {
     "ImportanceSampler": lambda: ImportanceSampler(N, B, floor=0.1, seed=0),
-    "UpperBound": lambda: UpperBound(N, B, tau_th=1.0, momentum=0.0, seed=0),
+    # The paper's switch (every step a pool once tau > 1), and the guarded default (pools
+    # only while the guard's cost test passes: after its warm-up, where rho < 0.8).
+    "UpperBound": lambda: UpperBound(N, B, tau_th=1.0, momentum=0.0, guard=False, seed=0),
+    "UpperBound guarded": lambda: UpperBound(N, B, tau_th=1.0, momentum=0.0, seed=0),
     # Paper mode (every step a pool), and the default (pools only while they pay).
     "BiasedLoss exact": lambda: BiasedLoss(N, B, pool_size=12, switch=False, seed=0),
     "BiasedLoss switched": lambda: BiasedLoss(N, B, pool_size=12, seed=0),

@@ -23,8 +23,8 @@ Ours, on by default (docs/methods.md): the variance guard (fastis.samplers.guard
 resampling with uniform over the pool as far as the fresh scores say loss-proportional
 sampling lowers the estimator's second moment; and, for the exact variant, a switch in the
 manner of KF18's: a step scores a pool only while that reduction pays for the pool's forward
-(the estimated ratio rho below 1 / tau_th^2, tau_th = (P + 3b) / (3b)), and otherwise trains
-on b uniform examples, whose scores keep the estimate current. `switch=False` and
+(the guard's gain bound 2 - rho above tau_th = (P + 3b) / (3b) by its cost margin), and
+otherwise trains on b uniform examples, whose scores keep the estimate current. `switch=False` and
 `guard=False` give the paper's method.
 """
 
@@ -130,9 +130,7 @@ class BiasedLoss(PoolSampler):
         """Whether the next drawn step scores a pool (always, without the switch)."""
         if not self.switch:
             return True
-        best = float(np.nanmin(self.guard.ratios())) if self.guard.observations else math.nan
-        return (self.guard.observations >= self.guard.warmup
-                and best < 1.0 / self.threshold() ** 2)
+        return self.guard.pays_for(self.threshold())
 
     def _draw(self, step: int) -> Draw:
         rng = step_generator(self.seed, step, STREAM_DRAW)

@@ -23,6 +23,11 @@ whose rho is lowest, provided it is below 1 - margin (a variance reduction worth
 a noisy estimate); otherwise with lam = 1: uniform sampling. Every weight stays at most
 1 / min(grid). Until `warmup` batches were seen the guard samples uniformly, which is also
 where its estimates are the least noisy.
+
+A step that costs more than a uniform one (a pool to score) must buy more progress than it
+costs. At a learning rate tuned for uniform sampling, a variance reduction rho makes a step
+at most 2 - rho times as productive as a uniform step (the descent lemma, derived in
+docs/methods.md): `pays_for(cost_ratio)` holds when 2 - rho > cost_ratio * (1 + cost_margin).
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class VarianceGuard:
         momentum: the EMA's decay per observed batch (0.98: about the last 50 batches).
         warmup: batches observed before the guard leaves uniform sampling.
         margin: the estimated variance reduction needed to leave uniform sampling.
+        cost_margin: the share by which a costlier step's gain bound must exceed its cost
+            ratio (0.2: the pool steps' measured cost exceeded the forward-count model by
+            14-17%, docs/methods.md).
 
     Examples:
         >>> import numpy as np
@@ -62,11 +70,12 @@ class VarianceGuard:
     """
 
     def __init__(self, mixes: tuple[float, ...] = MIXES, momentum: float = 0.98,
-                 warmup: int = 10, margin: float = 0.05) -> None:
+                 warmup: int = 10, margin: float = 0.05, cost_margin: float = 0.2) -> None:
         self.mixes = np.asarray(mixes, np.float64)
         if self.mixes[-1] != 1.0 or (np.diff(self.mixes) <= 0).any() or self.mixes[0] <= 0:
             raise ValueError("mixes must increase from above 0 to 1.0")
         self.momentum, self.warmup, self.margin = momentum, warmup, margin
+        self.cost_margin = cost_margin
         self._num = np.zeros(len(self.mixes))  # EMA of the estimator's second moment per lam
         self._den = 0.0  # EMA of the uniform estimator's second moment
         self.observations = 0
@@ -121,6 +130,20 @@ class VarianceGuard:
         best = int(np.argmin(rho))
         return float(self.mixes[best]) if rho[best] < 1.0 - self.margin else 1.0
 
+    def step_gain(self) -> float:
+        """2 - rho of the best candidate: at a learning rate tuned for uniform sampling, the
+        most one of its steps can lower the loss, in uniform steps (NaN before any
+        observation)."""
+        if self._den <= 0:
+            return math.nan
+        return 2.0 - float(self.ratios().min())
+
+    def pays_for(self, cost_ratio: float) -> bool:
+        """Whether a step that costs `cost_ratio` uniform steps pays (module docstring):
+        after the warm-up, step_gain() > cost_ratio * (1 + cost_margin)."""
+        return (self.observations >= self.warmup
+                and self.step_gain() > cost_ratio * (1.0 + self.cost_margin))
+
     # ------------------------------------------------------------------ reporting
     def ratios(self) -> np.ndarray:
         """rho(lam) for every candidate (1 for lam = 1; NaN before any observation)."""
@@ -136,7 +159,8 @@ class VarianceGuard:
 
     def stats(self) -> dict[str, float]:
         return {"guard_mix": self.mix, "guard_rho": self.rho,
-                "guard_rho_min_mix": float(self.ratios()[0])}
+                "guard_rho_min_mix": float(self.ratios()[0]),
+                "guard_step_gain": self.step_gain()}
 
     # ------------------------------------------------------------------ state
     def schema(self) -> dict[str, Field]:

@@ -19,6 +19,14 @@ bound were tight. tau_th is the cost ratio of the two kinds of step (eq. 29 of t
     step's time per example (from select() returning to update()), both EMAs, replace the
     1 : 2 assumption: (B t_f + b t_s) / (b t_s). Measured costs make the switch depend on
     timing, so runs are no longer bit-reproducible (resume continues the saved estimates).
+
+With the variance guard (the default) the switch is the guard's instead (ours,
+docs/methods.md): a pool step runs while the guard's bound on its gain, 2 - rho, exceeds
+tau_th (the cost ratio) by its cost margin. The paper's rule (tau^2 > tau_th^2, i.e. a
+second-moment cut worth the cost) assumes a step's progress grows as 1 / rho; at a learning
+rate tuned for uniform sampling it grows at most to 2 - rho, so with presample = 3 (cost 2)
+a pool step never pays at equal wall-clock, and the guarded sampler stays uniform; it
+pays where pool forwards are cheap (cost="measured", a small presample, rho well below 1).
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ class UpperBound(PoolSampler):
         num_examples: N.
         batch_size: b, examples trained per step.
         presample: B / b (default 3.0, as in the official code); B = round(presample * b).
-        tau_th: the switch threshold; default from the cost model.
+        tau_th: the switch threshold: the cost ratio of a pool step to a uniform one
+            (eq. 29); default from the cost model.
         momentum: a_tau, the EMA momentum of tau (0.9).
         cost: "paper" (backward = 2 forwards) or "measured".
         reuse_forward: the loop back-propagates through the pool's own forward (see above).
@@ -52,22 +61,32 @@ class UpperBound(PoolSampler):
             weights. Clipping trades a bias (examples with tiny scores count less than their
             share) for a bounded variance: a pick whose score is near 0 would otherwise get
             a huge weight. `stats()["max_weight"]` shows the weights trained on.
-        guard: the variance guard (fastis.samplers.guard): the resampling is mixed with
-            uniform over the pool as far as the pools' fresh scores say it pays (with
-            fresh gradient-norm scores that is little: every weight stays <= 50).
+        guard: the variance guard (fastis.samplers.guard): pool steps run only while the
+            guard says they pay for their cost (module docstring), and the resampling is
+            mixed with uniform over the pool as far as the pools' fresh scores say it pays
+            (with fresh gradient-norm scores that is little: every weight stays <= 50).
         forward_batch_size: rows per call of a scoring callable (default b).
         steps_per_epoch: len(); default ceil(N / b).
         seed: the stream's seed.
 
     Examples:
         >>> import torch, fastis
-        >>> sampler = fastis.samplers.UpperBound(1000, 32, tau_th=1.0, momentum=0.0, seed=0)
-        >>> first = next(iter(sampler))        # tau starts at 0: a uniform batch
+        >>> # The paper's switch (guard=False): tau starts at 0, so a uniform batch first.
+        >>> sampler = fastis.samplers.UpperBound(1000, 32, tau_th=1.0, momentum=0.0,
+        ...                                      guard=False, seed=0)
+        >>> first = next(iter(sampler))
         >>> sampler.update(first, torch.rand(32))  # its gradient-norm scores move tau
         >>> pool = next(iter(sampler))         # tau > tau_th now: a pool of 96 to score
         >>> pick = sampler.select(pool, torch.rand(96))
         >>> len(pool), len(pick.rows)
         (96, 32)
+        >>> # The default: pool steps at presample 3 (cost 2) never pay, uniform steps.
+        >>> guarded = fastis.samplers.UpperBound(1000, 32, seed=0)
+        >>> for _ in range(20):
+        ...     draw = next(iter(guarded))
+        ...     guarded.update(draw, torch.rand(32) ** 4)
+        >>> guarded.importance_on, guarded.stats()["guard_step_gain"] < 2 * 1.2
+        (False, True)
     """
 
     score_field = "grad_norm"
@@ -125,7 +144,10 @@ class UpperBound(PoolSampler):
 
     @property
     def importance_on(self) -> bool:
-        """Whether the next drawn step will be a pool (tau > tau_th)."""
+        """Whether the next drawn step will be a pool: the guard says it pays for tau_th
+        (with the guard), tau > tau_th (without)."""
+        if self.guard is not None:
+            return self.guard.pays_for(self.threshold())
         return self.tau > self.threshold()
 
     def _draw(self, step: int) -> Draw:

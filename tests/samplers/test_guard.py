@@ -8,12 +8,14 @@ per-run error rate were 2% would fail one with probability P(Binomial(20, 0.02) 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from sampler_helpers import same_state
 
 from fastis.ops import Scores
-from fastis.samplers import ImportanceSampler, SelectiveBackprop
+from fastis.samplers import BiasedLoss, ImportanceSampler, SelectiveBackprop, UpperBound
 from fastis.samplers.guard import MIXES, VarianceGuard
 from fastis.samplers.state import StateError
 
@@ -198,3 +200,77 @@ def test_reweighted_selective_backprop_guard_backs_off_when_losses_mislead():
             sampler.update(draw, losses[pick.index.numpy()])
         wrong += sampler.stats()["guard_mix"] < 1.0
     assert wrong <= ALLOWED, f"kept loss sampling in {wrong} of {SEEDS} seeds"
+
+
+# ---------------------------------------------------------------------- the cost test
+def test_cost_test_is_the_descent_bound_on_the_exact_ratio():
+    """pays_for(c): 2 - min rho > c (1 + cost_margin), on a pool's exact ratios."""
+    rng = np.random.default_rng(3)
+    g = rng.lognormal(0.0, 1.5, 300)  # scores equal to the norms: rho(0) well below 1
+    guard = VarianceGuard(momentum=0.0, warmup=1)
+    assert math.isnan(guard.step_gain()) and not guard.pays_for(1.0)  # nothing seen yet
+    guard.observe_pool(g, g)
+    gain = 2.0 - exact_ratios(g, g / g.sum()).min()
+    assert guard.step_gain() == pytest.approx(gain, rel=1e-12)
+    assert guard.stats()["guard_step_gain"] == pytest.approx(gain, rel=1e-12)
+    assert 1.5 < gain < 2.0
+    for cost in (1.0, 1.2, gain / 1.2 - 1e-6, gain / 1.2 + 1e-6, 1.67, 2.0, 3.0):
+        assert guard.pays_for(cost) == (gain > cost * 1.2), cost
+    # However small rho, a step costing 2 / 1.2 uniform steps or more never pays.
+    assert not guard.pays_for(2.0 / 1.2)
+    # Scores unrelated to the norms: no gain, so not even a free pool step pays.
+    flat = VarianceGuard(momentum=0.0, warmup=1)
+    flat.observe_pool(rng.pareto(1.1, 300) + 1e-3, np.ones(300))
+    assert flat.step_gain() <= 1.0 and not flat.pays_for(1.0)
+
+
+def test_cost_test_waits_for_the_warm_up():
+    g = np.random.default_rng(4).lognormal(0.0, 1.5, 100)
+    guard = VarianceGuard(momentum=0.0, warmup=3)
+    for observed in range(1, 4):
+        guard.observe_pool(g, g)
+        assert guard.pays_for(1.0) == (observed >= 3)
+
+
+def pool_steps_of(sampler, norms_of, steps: int) -> int:
+    """Trains `steps` steps, scoring pools and batches with norms_of(index) (the scores
+    and the true gradient norms alike); returns how many were pools."""
+    pools = 0
+    for _ in range(steps):
+        draw = next(iter(sampler))
+        if sampler.is_pool(draw):
+            pools += 1
+            pick = sampler.select(draw, norms_of(draw.index))
+            sampler.update(draw, norms_of(pick.index.numpy()))
+        else:
+            sampler.update(draw, norms_of(draw.index))
+    return pools
+
+
+def test_upper_bound_pools_only_where_the_gain_bound_beats_the_cost():
+    """Scores that are the true norms, heavy-tailed (rho ~ 0.1): the paper's switch pools
+    at presample 3 (tau^2 ~ 10 > tau_th^2 = 4), the guard does not (2 - rho < 2 * 1.2);
+    at a cost ratio of 1.1 (a cheap pool forward) the guard pools too."""
+    g = norms(0)
+    of = lambda index: g[index]  # noqa: E731
+    n = len(g)
+    paper = UpperBound(n, 32, guard=False, steps_per_epoch=10**6, seed=0)
+    guarded = UpperBound(n, 32, steps_per_epoch=10**6, seed=0)
+    cheap = UpperBound(n, 32, tau_th=1.1, steps_per_epoch=10**6, seed=0)
+    assert pool_steps_of(paper, of, 200) > 150
+    assert pool_steps_of(guarded, of, 200) == 0
+    assert guarded.stats()["guard_step_gain"] < 2.0 * 1.2
+    assert pool_steps_of(cheap, of, 200) > 150
+
+
+def test_biased_loss_scores_pools_only_where_they_pay():
+    """The exact BiasedLoss: at its default pool (P = 2b: cost (P + 3b) / 3b = 1.67) no
+    gain bound pays; with P = b (1.33) heavy-tailed scores that match the norms do."""
+    g = norms(1)
+    of = lambda index: g[index]  # noqa: E731
+    n = len(g)
+    default = BiasedLoss(n, 128, steps_per_epoch=10**6, seed=0)
+    small_pool = BiasedLoss(n, 32, pool_size=32, k=1.0, steps_per_epoch=10**6, seed=0)
+    assert default.threshold() == pytest.approx(5 / 3)
+    assert pool_steps_of(default, of, 100) == 0
+    assert pool_steps_of(small_pool, of, 200) > 150

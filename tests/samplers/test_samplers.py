@@ -208,8 +208,9 @@ def test_importance_sampler_takes_ops_scores():
 
 # ----------------------------------------------------------------------- UpperBound
 def test_upper_bound_tau_switches_on_and_off():
+    """The paper's switch (guard=False)."""
     n, b = 1000, 10
-    sampler = UpperBound(n, b, presample=3, seed=0)
+    sampler = UpperBound(n, b, presample=3, guard=False, seed=0)
     assert sampler.threshold() == pytest.approx(2.0)  # (B + 3b) / 3b with B = 3b
     flat = lambda rows: torch.ones(len(rows))  # noqa: E731
     # Scores spread over orders of magnitude: sqrt(|U| sum g^2) ~ 2.5-3.5 on batches of 10.
@@ -507,8 +508,9 @@ def test_reusing_the_pools_forward_gives_the_second_forwards_gradient():
 def test_measured_costs_set_the_threshold():
     import time as clock
 
-    sampler = UpperBound(1000, 10, presample=4, cost="measured", tau_th=None, seed=1)
-    sampler.tau = 100.0  # pools from the start
+    sampler = UpperBound(1000, 10, presample=4, cost="measured", tau_th=None, guard=False,
+                         seed=1)
+    sampler.tau = 100.0  # the paper's switch: pools from the start
 
     def slow_scores(rows):
         clock.sleep(0.002)  # 2 ms per chunk of 10 rows: ~0.2 ms per example
