@@ -33,7 +33,8 @@ class Pick(NamedTuple):
     """The examples to train on, chosen from a batch by `select()`.
 
     rows: int64 [b], positions in the batch (repeats possible); index: int64 [b], their
-    data set indices; weight: float32 [b], the loss weight of each.
+    data set indices; weight: float32 [b], the loss weight of each; every_row: the rows
+    are the whole batch, in order (then `take` returns the data itself, no copy).
 
     Examples:
         >>> import torch
@@ -46,16 +47,18 @@ class Pick(NamedTuple):
     rows: torch.Tensor
     index: torch.Tensor
     weight: torch.Tensor
+    every_row: bool = False
 
     def take(self, data: Any) -> Any:
-        """`data` (a tensor, or tuples / lists / dicts of batch-first tensors) at `rows`."""
-        return take_rows(data, self.rows)
+        """`data` (a tensor, or tuples / lists / dicts of batch-first tensors) at `rows`;
+        with every_row, `data` itself."""
+        return data if self.every_row else take_rows(data, self.rows)
 
     @classmethod
     def whole(cls, index: np.ndarray, weight: Any) -> Pick:
         """Every row of a batch (int64 index [b]), with its own weights (float [b])."""
         weight = torch.as_tensor(weight, dtype=torch.float32).reshape(-1).clone()
-        return cls(torch.arange(len(index)), torch.from_numpy(index.copy()), weight)
+        return cls(torch.arange(len(index)), torch.from_numpy(index.copy()), weight, True)
 
 
 class PoolScores(NamedTuple):

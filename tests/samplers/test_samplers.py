@@ -22,6 +22,7 @@ from fastis.samplers import (
     DynamicPruning,
     HighLossBatches,
     ImportanceSampler,
+    Pick,
     RhoLoss,
     SelectiveBackprop,
     SoftRandom,
@@ -296,6 +297,25 @@ def test_select_is_idempotent_and_take_applies_rows():
     data = (torch.arange(8) * 10, {"y": torch.arange(8)})
     x, d = first.take(data)
     assert torch.equal(x, first.rows * 10) and torch.equal(d["y"], first.rows)
+
+
+def test_take_gathers_rows_of_any_layout_and_a_whole_pick_is_the_batch_itself():
+    """take_rows (index_select) against advanced indexing, on odd shapes, dtypes and
+    strides; a uniform step's whole pick returns the batch without a copy."""
+    rng = np.random.default_rng(5)
+    rows = torch.from_numpy(rng.integers(0, 7, 11))
+    data = (torch.randn(9, 7, dtype=torch.float64).t(),  # non-contiguous, [7, 9]
+            {"y": torch.from_numpy(rng.integers(0, 5, 7)), "m": torch.rand(7, 3, 2) > 0.5},
+            [torch.randn(7, 1)[:, 0].half()])
+    pick = Pick(rows, rows, torch.ones(11))
+    x, d, (h,) = pick.take(data)
+    assert torch.equal(x, data[0][rows]) and torch.equal(d["y"], data[1]["y"][rows])
+    assert torch.equal(d["m"], data[1]["m"][rows]) and torch.equal(h, data[2][0][rows])
+    whole = Pick.whole(np.arange(7, dtype=np.int64), np.ones(7))
+    assert whole.take(data) is data and not pick.every_row
+    sampler = UpperBound(50, 4, seed=0)  # guarded: uniform steps
+    draw = next(iter(sampler))
+    assert sampler.select(draw, None).take(data) is data
 
 
 # ----------------------------------------------------------------------- BiasedLoss
