@@ -26,9 +26,9 @@ DATA = TensorDataset(torch.randn(N, 4, generator=_gen) + _labels[:, None], _labe
 
 METHODS = {
     "ImportanceSampler": lambda: fastis.samplers.ImportanceSampler(N, BATCH, floor=0.1, seed=0),
-    # tau_th just above 1: most steps are pools, resampled in training_step.
+    # The paper's switch (guard=False) at tau_th just above 1: most steps are pools.
     "UpperBound": lambda: fastis.samplers.UpperBound(N, BATCH, tau_th=1.01, momentum=0.5,
-                                                     seed=0),
+                                                     guard=False, seed=0),
 }
 
 

@@ -28,8 +28,9 @@ N, BATCH, STEPS, CUT = 64, 8, 12, 5  # 8 steps per epoch: the cut is inside epoc
 
 METHODS = {
     "ImportanceSampler": lambda: fastis.samplers.ImportanceSampler(N, BATCH, floor=0.1, seed=0),
+    # The paper's switch (guard=False) at tau_th just above 1: most steps are pools.
     "UpperBound": lambda: fastis.samplers.UpperBound(N, BATCH, tau_th=1.01, momentum=0.5,
-                                                     seed=0),
+                                                     guard=False, seed=0),
 }
 
 
