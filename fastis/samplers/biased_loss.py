@@ -24,7 +24,8 @@ resampling with uniform over the pool as far as the fresh scores say loss-propor
 sampling lowers the estimator's second moment; and, for the exact variant, a switch in the
 manner of KF18's: a step scores a pool only while that reduction pays for the pool's forward
 (the guard's gain bound 2 - rho above tau_th = (P + 3b) / (3b) by its cost margin), and
-otherwise trains on b uniform examples, whose scores keep the estimate current. `switch=False` and
+otherwise trains on b uniform examples, whose scores keep the estimate current (unless no
+estimate could pass: P >= 2b, the default, where they are only checked). `switch=False` and
 `guard=False` give the paper's method.
 """
 
@@ -196,7 +197,9 @@ class BiasedLoss(PoolSampler):
             # and a uniform step's feed the guard (the batch scored as if it were a pool).
             if scores is not None:
                 values = self.scores_of(scores, len(index))
-                if self.guard is not None and step not in self._pool_steps:
+                if (self.guard is not None and step not in self._pool_steps
+                        and (not self.switch
+                             or self.guard.can_ever_pay_for(self.threshold()))):
                     self.guard.observe_pool(self._sampling_scores(values, advance=False),
                                             self.norms_of(scores, len(index), values=values))
             return

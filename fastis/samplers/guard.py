@@ -138,6 +138,11 @@ class VarianceGuard:
             return math.nan
         return 2.0 - float(self.ratios().min())
 
+    def can_ever_pay_for(self, cost_ratio: float) -> bool:
+        """Whether any estimate could pass pays_for(cost_ratio): the gain bound is below 2,
+        so a step costing 2 / (1 + cost_margin) uniform steps or more never pays."""
+        return cost_ratio * (1.0 + self.cost_margin) < 2.0
+
     def pays_for(self, cost_ratio: float) -> bool:
         """Whether a step that costs `cost_ratio` uniform steps pays (module docstring):
         after the warm-up, step_gain() > cost_ratio * (1 + cost_margin)."""

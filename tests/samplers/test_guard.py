@@ -259,8 +259,24 @@ def test_upper_bound_pools_only_where_the_gain_bound_beats_the_cost():
     cheap = UpperBound(n, 32, tau_th=1.1, steps_per_epoch=10**6, seed=0)
     assert pool_steps_of(paper, of, 200) > 150
     assert pool_steps_of(guarded, of, 200) == 0
-    assert guarded.stats()["guard_step_gain"] < 2.0 * 1.2
+    # No gain could pay for cost 2, so the uniform steps' scores are not even folded in;
+    # a measured cost may fall, so there they are.
+    assert guarded.guard.observations == 0 and guarded.tau == 0.0
+    measured = UpperBound(n, 32, cost="measured", steps_per_epoch=10**6, seed=0)
+    pool_steps_of(measured, of, 20)
+    assert measured.guard.observations == 20
     assert pool_steps_of(cheap, of, 200) > 150
+    assert 2.0 - cheap.guard.ratios().min() == pytest.approx(cheap.stats()["guard_step_gain"])
+
+
+def test_uniform_steps_that_learn_nothing_still_refuse_bad_scores():
+    for sampler in (UpperBound(100, 8, seed=0), BiasedLoss(100, 8, pool_size=16, seed=0)):
+        draw = next(iter(sampler))
+        assert not sampler.is_pool(draw)
+        before = sampler.state_dict()
+        with pytest.raises(ValueError):
+            sampler.update(draw, np.full(8, np.nan))
+        assert same_state(sampler.state_dict(), before)
 
 
 def test_biased_loss_scores_pools_only_where_they_pay():
@@ -272,5 +288,5 @@ def test_biased_loss_scores_pools_only_where_they_pay():
     default = BiasedLoss(n, 128, steps_per_epoch=10**6, seed=0)
     small_pool = BiasedLoss(n, 32, pool_size=32, k=1.0, steps_per_epoch=10**6, seed=0)
     assert default.threshold() == pytest.approx(5 / 3)
-    assert pool_steps_of(default, of, 100) == 0
+    assert pool_steps_of(default, of, 100) == 0 and default.guard.observations == 0
     assert pool_steps_of(small_pool, of, 200) > 150
