@@ -197,9 +197,10 @@ class BiasedLoss(PoolSampler):
             # and a uniform step's feed the guard (the batch scored as if it were a pool).
             if scores is not None:
                 values = self.scores_of(scores, len(index))
+                # (Uniform steps exist only with the switch; where no estimate could pass
+                # its cost test, they teach nothing.)
                 if (self.guard is not None and step not in self._pool_steps
-                        and (not self.switch
-                             or self.guard.can_ever_pay_for(self.threshold()))):
+                        and self.guard.can_ever_pay_for(self.threshold())):
                     self.guard.observe_pool(self._sampling_scores(values, advance=False),
                                             self.norms_of(scores, len(index), values=values))
             return
