@@ -213,11 +213,19 @@ def test_cost_test_is_the_descent_bound_on_the_exact_ratio():
     gain = 2.0 - exact_ratios(g, g / g.sum()).min()
     assert guard.step_gain() == pytest.approx(gain, rel=1e-12)
     assert guard.stats()["guard_step_gain"] == pytest.approx(gain, rel=1e-12)
-    assert 1.5 < gain < 2.0
+    assert gain > 1.5  # a large cut of the second moment
     for cost in (1.0, 1.2, gain / 1.2 - 1e-6, gain / 1.2 + 1e-6, 1.67, 2.0, 3.0):
         assert guard.pays_for(cost) == (gain > cost * 1.2), cost
-    # However small rho, a step costing 2 / 1.2 uniform steps or more never pays.
-    assert not guard.pays_for(2.0 / 1.2)
+    # However small rho, a step costing 2 / 1.2 uniform steps or more never pays: one
+    # example holding all the gradient (rho ~ 1 / B) pays at 1.6 but not at 2 / 1.2, where
+    # can_ever_pay_for says no estimate could.
+    spike = np.full(300, 1e-9)
+    spike[0] = 1.0
+    extreme = VarianceGuard(momentum=0.0, warmup=1)
+    extreme.observe_pool(spike, spike)
+    assert extreme.step_gain() > 1.99
+    assert extreme.pays_for(1.6) and extreme.can_ever_pay_for(1.6)
+    assert not extreme.pays_for(2.0 / 1.2) and not extreme.can_ever_pay_for(2.0 / 1.2)
     # Scores unrelated to the norms: no gain, so not even a free pool step pays.
     flat = VarianceGuard(momentum=0.0, warmup=1)
     flat.observe_pool(rng.pareto(1.1, 300) + 1e-3, np.ones(300))
@@ -266,7 +274,6 @@ def test_upper_bound_pools_only_where_the_gain_bound_beats_the_cost():
     pool_steps_of(measured, of, 20)
     assert measured.guard.observations == 20
     assert pool_steps_of(cheap, of, 200) > 150
-    assert 2.0 - cheap.guard.ratios().min() == pytest.approx(cheap.stats()["guard_step_gain"])
 
 
 def test_uniform_steps_that_learn_nothing_still_refuse_bad_scores():
