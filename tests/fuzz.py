@@ -86,8 +86,8 @@ def junk(draw: Any) -> Any:
         return {"a": 1}
     values = draw(arrays())
     values = values.numpy() if isinstance(values, torch.Tensor) else np.array(values)
-    if kind == "tensor":
-        return torch.from_numpy(values.astype(np.float64))
+    if kind == "tensor":  # complex stays complex (a dtype to refuse), the rest float64
+        return torch.from_numpy(values if np.iscomplexobj(values) else values.astype(np.float64))
     return values
 
 

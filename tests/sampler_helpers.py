@@ -153,8 +153,12 @@ LEARNERS = {
     "DynamicPruning": lambda: DynamicPruning(N, B, epochs=6, seed=0),
     "DynamicPruning exact": lambda: DynamicPruning(N, B, epochs=6, exact=True, seed=0),
     "SelectiveBackprop": lambda: SelectiveBackprop(N, B, history=16, seed=0),
+    # F = 1.5 b: a guarded selection that can pay (cost 1.5); at the default F = 4 b no
+    # selection can, and every batch is uniform.
     "SelectiveBackprop reweight": lambda: SelectiveBackprop(N, B, history=16, reweight=True,
-                                                            seed=0),
+                                                            pool_size=9, seed=0),
+    "SelectiveBackprop reweight uniform": lambda: SelectiveBackprop(N, B, reweight=True,
+                                                                    seed=0),
     "SelectiveBackprop stale": lambda: SelectiveBackprop(N, B, history=16, stale=True,
                                                          seed=0),
     "RhoLoss": lambda: RhoLoss(N, B, irreducible=IRREDUCIBLE, pool_size=18, seed=0),

@@ -226,7 +226,8 @@ class ImportanceSamplingTrainer(ImportanceSamplingMixin, transformers.Trainer):
     Examples:
         >>> import fastis, transformers
         >>> from fastis.integrations.transformers import ImportanceSamplingTrainer
-        >>> sampler = fastis.samplers.UpperBound(96, 8, seed=0)
+        >>> # Measured costs: pool steps run where their forward is cheap enough to pay.
+        >>> sampler = fastis.samplers.UpperBound(96, 8, cost="measured", seed=0)
         >>> # trainer = ImportanceSamplingTrainer(model=model, args=args,
         >>> #                                     train_dataset=ds, sampler=sampler)
         >>> issubclass(ImportanceSamplingTrainer, transformers.Trainer), sampler.scores_pools

@@ -133,12 +133,17 @@ class BiasedLoss(PoolSampler):
             return True
         return self.guard.pays_for(self.threshold())
 
+    def _uniform_only(self) -> bool:
+        """The exact variant with its switch where no gain can pay for a pool's forward
+        (P >= 2b: tau_th * 1.2 >= 2): every step is uniform (scores_pools is False)."""
+        return self.switch and not self.guard.can_ever_pay_for(self.threshold())
+
     def _draw(self, step: int) -> Draw:
-        rng = step_generator(self.seed, step, STREAM_DRAW)
         if self.predictor is None:
-            if self.importance_on:
-                return self._draw_pool(step, rng)
-            return self._uniform_draw(step, rng)
+            if not self._uniform_only() and self.importance_on:
+                return self._draw_pool(step, step_generator(self.seed, step, STREAM_DRAW))
+            return self._uniform_draw(step)
+        rng = step_generator(self.seed, step, STREAM_DRAW)
         pool = rng.integers(0, self.num_examples, self.pool_size, dtype=np.int64)
         scores = self._sampling_scores(self._predicted(pool))
         p = normalised(scores)
@@ -200,7 +205,7 @@ class BiasedLoss(PoolSampler):
                 # (Uniform steps exist only with the switch; where no estimate could pass
                 # its cost test, they teach nothing.)
                 if (self.guard is not None and step not in self._pool_steps
-                        and self.guard.can_ever_pay_for(self.threshold())):
+                        and not self._uniform_only()):
                     self.guard.observe_pool(self._sampling_scores(values, advance=False),
                                             self.norms_of(scores, len(index), values=values))
             return

@@ -8,6 +8,7 @@ on the process or on the rank, so draws are a function of (seed, step, updates s
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,18 @@ class Reshuffled:
             chosen = cycle == c
             out[chosen] = self._passes(c)[offset[chosen]]
         return out
+
+    def span(self, first: int, count: int,
+             rng: Callable[[], np.random.Generator]) -> np.ndarray:
+        """at(positions [first, first + count)), as one slice of a pass where the span lies
+        in one (a plain batch's usual case: no position arrays); `rng` makes the generator
+        of the independent draws above max_examples and is only called there."""
+        if not self.reshuffles:
+            return rng().integers(0, self.num_examples, count, dtype=np.int64)
+        cycle, offset = divmod(first, self.num_examples)
+        if offset + count <= self.num_examples:
+            return self._passes(cycle)[offset:offset + count].astype(np.int64)
+        return self.at(np.arange(first, first + count, dtype=np.int64), None)
 
 
 def inclusion_probabilities(weights: np.ndarray, k: int) -> np.ndarray:

@@ -23,7 +23,14 @@ import torch
 
 from fastis.data import Draw, take_rows
 from fastis.samplers.base import BatchSampler
-from fastis.samplers.draws import STREAM_SELECT, Reshuffled, normalised, resample, step_generator
+from fastis.samplers.draws import (
+    STREAM_DRAW,
+    STREAM_SELECT,
+    Reshuffled,
+    normalised,
+    resample,
+    step_generator,
+)
 from fastis.samplers.guard import VarianceGuard
 from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.validation import positive_count
@@ -86,10 +93,12 @@ class PoolSampler(BatchSampler):
                                    their loss weights, float64 [b]; `_resample()` draws
                                    them with replacement in proportion to sampling scores.
         `_pool_scored(pool, forward_seconds)`  learn from a scored pool (default: nothing).
+        `_uniform_only()`  whether every step is a plain uniform batch (default False):
+                                   then `scores_pools` is False.
     A method's `_draw` calls `_draw_pool(step, rng)` (or `_pool_draw(step, index)` for a
-    pool of its own choosing) for a pool step. A method with a variance guard sets
-    `self.guard` (fastis.samplers.guard.VarianceGuard): `_resample` then mixes with uniform
-    as it chooses.
+    pool of its own choosing) for a pool step, `_uniform_draw(step)` for a plain one. A
+    method with a variance guard sets `self.guard` (fastis.samplers.guard.VarianceGuard):
+    `_resample` then mixes with uniform as it chooses.
 
     Examples:
         >>> import torch, fastis
@@ -100,7 +109,18 @@ class PoolSampler(BatchSampler):
         (4, True)
     """
 
-    scores_pools = True
+    @property
+    def scores_pools(self) -> bool:  # type: ignore[override]
+        """Whether steps can be pools for the loop to score and pass to select(): False
+        where this configuration trains on plain uniform batches only (e.g. UpperBound
+        whose pool steps can never pay for their cost), so the loop trains on each batch as
+        it would a uniform sampler's, without select()."""
+        return not self._uniform_only()
+
+    def _uniform_only(self) -> bool:
+        """Whether every step of this configuration is a plain uniform batch (default:
+        False; fixed for the sampler's life)."""
+        return False
 
     def __init__(self, num_examples: int, batch_size: int, *, pool_size: int,
                  forward_batch_size: int | None, seed: int | None,
@@ -129,13 +149,14 @@ class PoolSampler(BatchSampler):
         return self._pool_draw(step, rng.integers(0, self.num_examples, self.pool_size,
                                                   dtype=np.int64))
 
-    def _uniform_draw(self, step: int, rng: np.random.Generator) -> Draw:
+    def _uniform_draw(self, step: int) -> Draw:
         """A plain batch of batch_size uniform examples, weights 1: positions [s b, s b + b)
         of the reshuffled stream (a method that samples uniformly most of the time goes
         through the data set without replacement, as a shuffled epoch does)."""
-        positions = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        return Draw(self._uniform_stream.at(positions, rng),
-                    np.ones(self.batch_size, np.float32), step)
+        b = self.batch_size
+        index = self._uniform_stream.span(step * b, b, lambda: step_generator(
+            self.seed, step, STREAM_DRAW))
+        return Draw(index, np.ones(b, np.float32), step)
 
     def _pool_draw(self, step: int, index: np.ndarray) -> Draw:
         self._pool_steps.add(step)

@@ -13,7 +13,12 @@ beta = 3.
 - `reweight=False` (the paper): the kept examples count 1 each, a bias toward high losses.
 - `reweight=True`: each kept example is weighted b / (F pi), its Horvitz-Thompson weight, so
   the weighted loss is an unbiased estimate of the pool's (hence the data's) mean loss; the
-  variance guard then mixes pi with uniform as far as the fresh scores say it pays.
+  variance guard then mixes pi with uniform as far as the fresh scores say it pays. An
+  unbiased step's progress at an unchanged learning rate is at most 2 - rho times a uniform
+  step's (docs/methods.md, "When a costlier step pays"), and a step forwarding F and
+  training b costs (F + 3b) / (3b) uniform steps: 2.33 at F = 4b. Where that cost is beyond
+  any gain (the guard's can_ever_pay_for: F >= 2b), the guarded sampler trains on plain
+  uniform batches of b (`scores_pools` is False); `guard=False` selects anyway.
 - `stale=True` (the paper's StaleSB): the choice uses each example's last observed loss
   (never observed: kept), so no pool is forwarded: the sampler yields the b chosen examples.
 
@@ -53,17 +58,21 @@ class SelectiveBackprop(PoolSampler):
         history: R, the number of recent losses the percentile is taken among (1024).
         reweight: unbiased Horvitz-Thompson weights instead of 1.
         stale: choose from each example's last observed loss (no pool forward).
-        guard: the variance guard (with `reweight`).
+        guard: the variance guard (with `reweight`): mixes with uniform, and trains on
+            uniform batches where no selection can pay for its pool (module docstring).
         forward_batch_size: rows per call of a scoring callable (default b).
         seed: the stream's seed.
 
     Examples:
         >>> import torch, fastis
-        >>> sampler = fastis.samplers.SelectiveBackprop(1000, 8, reweight=True, seed=0)
+        >>> sampler = fastis.samplers.SelectiveBackprop(1000, 8, seed=0)   # the paper's rule
         >>> pool = next(iter(sampler))               # 32 examples to forward
         >>> pick = sampler.select(pool, torch.rand(32))
         >>> len(pool), len(pick.rows), sampler.scores_pools
         (32, 8, True)
+        >>> # Reweighted and guarded at F = 4b: no unbiased selection pays for its pool.
+        >>> fastis.samplers.SelectiveBackprop(1000, 8, reweight=True, seed=0).scores_pools
+        False
     """
 
     score_field = "loss"
@@ -72,21 +81,27 @@ class SelectiveBackprop(PoolSampler):
                  beta: float = 3.0, history: int = 1024, reweight: bool = False,
                  stale: bool = False, guard: bool = True, forward_batch_size: int | None = None,
                  seed: int | None = None) -> None:
-        pool = pool_size if pool_size is not None else 4 * positive_count(batch_size,
-                                                                          "batch_size")
-        super().__init__(num_examples, batch_size, pool_size=pool,
+        b = positive_count(batch_size, "batch_size")
+        pool = pool_size if pool_size is not None else 4 * b
+        if positive_count(pool, "pool_size") < b:
+            raise ValueError(f"pool_size ({pool}) must be >= batch_size ({b})")
+        reweight, stale = bool(reweight), bool(stale)
+        selection_guard = VarianceGuard() if guard and reweight and not stale else None
+        # Where no selection can pay, a step trains on b uniform examples: an epoch is N / b
+        # steps instead of N / F.
+        self._uniform_batches = (selection_guard is not None
+                                 and not selection_guard.can_ever_pay_for((pool + 3 * b)
+                                                                          / (3 * b)))
+        super().__init__(num_examples, b, pool_size=pool,
                          forward_batch_size=forward_batch_size, seed=seed,
                          steps_per_epoch=-(-positive_count(num_examples, "num_examples")
-                                           // positive_count(pool, "pool_size")))
-        if self.pool_size < self.batch_size:
-            raise ValueError(f"pool_size ({self.pool_size}) must be >= batch_size "
-                             f"({self.batch_size})")
+                                           // (b if self._uniform_batches else pool)))
         self.beta = real_number(beta, "beta")
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be finite and > 0, got {beta}")
         self.history_size = positive_count(history, "history")
-        self.reweight, self.stale = bool(reweight), bool(stale)
-        self.guard = VarianceGuard() if guard and self.reweight and not self.stale else None
+        self.reweight, self.stale = reweight, stale
+        self.guard = selection_guard
         self._order = EpochOrder(self.seed, self.num_examples)
         self._history = np.zeros(self.history_size)  # a ring of the latest losses
         self._history_count = 0  # losses seen (the ring holds the last history_size)
@@ -94,8 +109,17 @@ class SelectiveBackprop(PoolSampler):
 
     @property
     def scores_pools(self) -> bool:  # type: ignore[override]
-        """Pools to score, except in stale mode (the choice is made when drawing)."""
-        return not self.stale
+        """Pools to score, except in stale mode (the choice is made when drawing) and where
+        every batch is uniform."""
+        return not self.stale and super().scores_pools
+
+    def threshold(self) -> float:
+        """The cost of a step in uniform steps: forwarding F and training b, (F + 3b) / (3b)
+        (a backward costs two forwards)."""
+        return (self.pool_size + 3 * self.batch_size) / (3 * self.batch_size)
+
+    def _uniform_only(self) -> bool:
+        return self._uniform_batches
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "beta": self.beta, "history": self.history_size,
@@ -134,6 +158,10 @@ class SelectiveBackprop(PoolSampler):
 
     def _draw(self, step: int) -> Draw:
         epoch, position = divmod(step, self._epoch_steps)
+        if self._uniform_batches:
+            b = self.batch_size
+            index = self._order(epoch)[position * b:(position + 1) * b].copy()
+            return Draw(index, np.ones(len(index), np.float32), step)
         index = self._order(epoch)[position * self.pool_size:(position + 1) * self.pool_size]
         if not self.stale:
             return self._pool_draw(step, index.copy())
@@ -158,6 +186,7 @@ class SelectiveBackprop(PoolSampler):
 
     def _stats(self) -> dict[str, float]:
         return {"losses_seen": float(self._history_count),
+                "uniform_batches": float(self._uniform_batches),
                 **(self.guard.stats() if self.guard is not None else {})}
 
     # ------------------------------------------------------------------ state

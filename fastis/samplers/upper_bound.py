@@ -154,11 +154,10 @@ class UpperBound(PoolSampler):
         return self.tau > self.threshold()
 
     def _draw(self, step: int) -> Draw:
-        rng = step_generator(self.seed, step, STREAM_DRAW)
-        if self.importance_on:
+        if not self._uniform_only() and self.importance_on:
             self._importance_steps += 1
-            return self._draw_pool(step, rng)
-        return self._uniform_draw(step, rng)
+            return self._draw_pool(step, step_generator(self.seed, step, STREAM_DRAW))
+        return self._uniform_draw(step)
 
     def _choose(self, pool: PoolScores, index: np.ndarray, step: int
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -191,14 +190,15 @@ class UpperBound(PoolSampler):
         seconds = self._training_seconds(step)
         if seconds is not None and len(index):
             self._step_cost = ema(self._step_cost, seconds / len(index), 0.9)
-        if step not in self._pool_steps and not self._never_pools():
+        if step not in self._pool_steps and not self._uniform_only():
             self._update_tau(values)
             if self.guard is not None:  # the trained batch, scored as if it were a pool
                 self.guard.observe_pool(values, self.norms_of(scores, len(index), values=values))
 
-    def _never_pools(self) -> bool:
+    def _uniform_only(self) -> bool:
         """Guarded, with a fixed cost ratio no gain can pay for (presample 3: 2 * 1.2 > 2):
-        a uniform step's scores cannot change anything, so they are only checked."""
+        every step is uniform (scores_pools is False), and a uniform step's scores cannot
+        change anything, so they are only checked."""
         return (self.guard is not None and self.cost != "measured"
                 and not self.guard.can_ever_pay_for(self.threshold()))
 

@@ -56,8 +56,10 @@ KINDS = {
     # 25 steps: epochs of 10 steps, the second and third pruned.
     "dynamic-pruning": lambda: DynamicPruning(N, BATCH, epochs=4, seed=10),
     "selective-backprop": lambda: SelectiveBackprop(N, BATCH, history=64, seed=11),
+    # Pools of 18 (cost 1.5): a guarded selection that can pay.
     "selective-backprop-reweight": lambda: SelectiveBackprop(N, BATCH, history=64,
-                                                             reweight=True, seed=12),
+                                                             reweight=True, pool_size=18,
+                                                             seed=12),
     "selective-backprop-stale": lambda: SelectiveBackprop(N, BATCH, history=64, stale=True,
                                                           seed=13),
     "rho-loss": lambda: RhoLoss(N, BATCH, irreducible=np.arange(N) % 4 / 8, pool_size=36,

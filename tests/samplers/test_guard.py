@@ -189,7 +189,9 @@ def test_reweighted_selective_backprop_guard_backs_off_when_losses_mislead():
     for seed in range(SEEDS):
         rng = np.random.default_rng(seed)
         losses = rng.pareto(1.5, 1000)
-        sampler = SelectiveBackprop(1000, 8, history=128, reweight=True, seed=seed)
+        # F = 1.5 b (cost 1.5): a selection the cost test would let pay.
+        sampler = SelectiveBackprop(1000, 8, history=128, reweight=True, pool_size=12,
+                                    seed=seed)
         for _ in range(150):
             draw = next(iter(sampler), None)
             if draw is None:
@@ -267,12 +269,14 @@ def test_upper_bound_pools_only_where_the_gain_bound_beats_the_cost():
     cheap = UpperBound(n, 32, tau_th=1.1, steps_per_epoch=10**6, seed=0)
     assert pool_steps_of(paper, of, 200) > 150
     assert pool_steps_of(guarded, of, 200) == 0
+    # Every step uniform, known from the configuration: the loop need not call select().
+    assert paper.scores_pools and cheap.scores_pools and not guarded.scores_pools
     # No gain could pay for cost 2, so the uniform steps' scores are not even folded in;
     # a measured cost may fall, so there they are.
     assert guarded.guard.observations == 0 and guarded.tau == 0.0
     measured = UpperBound(n, 32, cost="measured", steps_per_epoch=10**6, seed=0)
     pool_steps_of(measured, of, 20)
-    assert measured.guard.observations == 20
+    assert measured.guard.observations == 20 and measured.scores_pools
     assert pool_steps_of(cheap, of, 200) > 150
 
 
@@ -296,4 +300,7 @@ def test_biased_loss_scores_pools_only_where_they_pay():
     small_pool = BiasedLoss(n, 32, pool_size=32, k=1.0, steps_per_epoch=10**6, seed=0)
     assert default.threshold() == pytest.approx(5 / 3)
     assert pool_steps_of(default, of, 100) == 0 and default.guard.observations == 0
+    assert not default.scores_pools and small_pool.scores_pools
     assert pool_steps_of(small_pool, of, 200) > 150
+    # Without the switch (the paper's method) every step is a pool.
+    assert BiasedLoss(n, 128, switch=False, seed=0).scores_pools

@@ -138,6 +138,35 @@ def test_selective_backprop_keeps_high_losses_at_a_fixed_batch_size():
     assert np.median(losses[picked[len(picked) // 2:]]) > 2 * np.median(losses)
 
 
+def test_reweighted_selective_backprop_trains_uniform_batches_where_no_selection_pays():
+    """Guarded at F = 4b a step costs (F + 3b) / 3b = 2.33 uniform steps, beyond the gain
+    bound 2 - rho of any unbiased estimator: every batch is b uniform examples, weight 1,
+    each example once per epoch, and no pool to score. Below F = 2b (F = 1.5b: cost 1.5)
+    or unguarded it selects."""
+    n, b = 100, 8
+    sampler = SelectiveBackprop(n, b, reweight=True, seed=4)
+    assert sampler.threshold() == pytest.approx(7 / 3) and not sampler.scores_pools
+    assert len(sampler) == 13 and sampler.stats()["uniform_batches"] == 1.0
+    seen = []
+    for draw in sampler:
+        assert len(draw) <= b and not sampler.is_pool(draw)
+        np.testing.assert_array_equal(draw.weight, 1.0)
+        seen += draw.index.tolist()
+        sampler.update(draw, np.ones(len(draw)))
+    assert sorted(seen) == list(range(n))
+    # Bad scores are still refused, and change nothing.
+    draw = next(iter(sampler))
+    before = sampler.state_dict()
+    with pytest.raises(ValueError):
+        sampler.update(draw, np.full(len(draw), -1.0))
+    assert same_state(sampler.state_dict(), before)
+    for selecting in (SelectiveBackprop(n, b, reweight=True, pool_size=12, seed=4),
+                      SelectiveBackprop(n, b, reweight=True, guard=False, seed=4),
+                      SelectiveBackprop(n, b, seed=4)):
+        assert selecting.scores_pools and selecting.is_pool(next(iter(selecting)))
+        assert selecting.stats()["uniform_batches"] == 0.0
+
+
 def test_stale_selective_backprop_yields_the_chosen_batch():
     n, b = 120, 6
     losses = np.linspace(0.01, 3.0, n)

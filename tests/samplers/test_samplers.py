@@ -402,7 +402,7 @@ RESUMABLE = {
                                                      seed=11),
     "SelectiveBackprop": lambda n: SelectiveBackprop(n, 8, history=32, seed=12),
     "SelectiveBackprop-reweight": lambda n: SelectiveBackprop(n, 8, history=32, reweight=True,
-                                                              seed=13),
+                                                              pool_size=12, seed=13),
     "SelectiveBackprop-stale": lambda n: SelectiveBackprop(n, 8, history=32, stale=True,
                                                            seed=14),
     "RhoLoss": lambda n: RhoLoss(n, 8, irreducible=np.arange(n) % 3 / 4, pool_size=24,
@@ -603,6 +603,26 @@ def test_reshuffled_stream_is_a_permutation_per_pass_and_uniform_per_position():
     big = Reshuffled(seed=0, num_examples=100, max_examples=10)
     assert not big.reshuffles
     assert len(big.at(np.arange(5), np.random.default_rng(0))) == 5
+
+
+@pytest.mark.parametrize("first, count", [(0, 37), (3, 5), (30, 15), (36, 1), (74, 40),
+                                          (5, 0), (111, 74)])
+def test_reshuffled_span_reads_the_same_stream_as_at(first, count):
+    from fastis.samplers.draws import Reshuffled
+
+    stream = Reshuffled(seed=3, num_examples=37)
+    unused = lambda: pytest.fail("a reshuffled span needs no generator")  # noqa: E731
+    span = stream.span(first, count, unused)
+    assert span.dtype == np.int64 and len(span) == count
+    np.testing.assert_array_equal(span, stream.at(np.arange(first, first + count,
+                                                            dtype=np.int64), None))
+    span[:] = -1  # the caller owns it: the cached pass is unchanged
+    assert stream.at(np.arange(first, first + count, dtype=np.int64), None).min(
+        initial=0) >= 0
+    # Beyond max_examples: independent draws, from the generator the factory makes.
+    big = Reshuffled(seed=0, num_examples=100, max_examples=10)
+    np.testing.assert_array_equal(big.span(first, count, lambda: np.random.default_rng(4)),
+                                  big.at(np.arange(count), np.random.default_rng(4)))
 
 
 def test_importance_sampler_backed_off_goes_through_the_data_without_replacement():
