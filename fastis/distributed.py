@@ -47,7 +47,7 @@ import torch.distributed as dist
 
 from fastis.data import Draw, Indexed, collate
 from fastis.ops import Scores
-from fastis.samplers import BatchSampler, Pick
+from fastis.samplers import BatchSampler, Pick, PoolSampler
 
 __all__ = ["Sharded"]
 
@@ -173,7 +173,9 @@ class Sharded:
             on a step that is not a pool, the whole shard with its own weights.
         Every rank must call it for every pool step (it gathers); elsewhere it is local.
         """
-        if not self.sampler.scores_pools:
+        # A pool method whose every step is uniform (scores_pools False) still answers, as
+        # PoolSampler.select does: a loop written for pools runs unchanged.
+        if not isinstance(self.sampler, PoolSampler):
             raise TypeError(f"{type(self.sampler).__name__} has no select(): it draws "
                             "batches to train on as they are")
         index, step = self._shard_of(batch)

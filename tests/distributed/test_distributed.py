@@ -26,6 +26,7 @@ from fastis.samplers import (
     DynamicPruning,
     HighLossBatches,
     ImportanceSampler,
+    PoolSampler,
     RhoLoss,
     SelectiveBackprop,
     SoftRandom,
@@ -64,6 +65,11 @@ KINDS = {
                                                           seed=13),
     "rho-loss": lambda: RhoLoss(N, BATCH, irreducible=np.arange(N) % 4 / 8, pool_size=36,
                                 seed=14),
+    # Pool methods whose every step is uniform (their guarded defaults): select() still
+    # answers on every rank.
+    "uniform-only-upper-bound": lambda: UpperBound(N, BATCH, seed=16),
+    "uniform-only-selective-backprop": lambda: SelectiveBackprop(N, BATCH, reweight=True,
+                                                                 seed=17),
 }
 
 # A fixed softmax-regression problem: the gradient each step trains with.
@@ -96,7 +102,9 @@ def run(sampler, steps: int, save_after: int | None = None, save_to: Path | None
     the state after step `save_after`."""
     records = []
     rank, world = getattr(sampler, "rank", 0), getattr(sampler, "world_size", 1)
-    pools = sampler.scores_pools
+    # Every pool method, as the README's pool lines do (select() also answers a method
+    # whose steps are all uniform, scores_pools False).
+    pools = isinstance(getattr(sampler, "sampler", sampler), PoolSampler)
     while len(records) < steps:
         for draw in sampler:
             positions = rank + world * np.arange(len(draw.index))
@@ -229,7 +237,7 @@ def test_ranks_share_one_global_stream_and_all_updates(kind, world, tmp_path):
     ranks = launch(world, tmp_path, kind, steps)
     assert_same_stream(ranks, reference)
     # UpperBound records measured costs in every mode: compared between ranks only.
-    timed = {"forward_cost", "step_cost"} if kind.startswith("upper-bound") else set()
+    timed = {"forward_cost", "step_cost"} if "upper-bound" in kind else set()
     got = {k: v for k, v in ranks[0]["state"].items() if k not in timed}
     want = {k: v for k, v in state.items() if k not in timed}
     assert got.keys() == want.keys()
@@ -262,6 +270,14 @@ def test_single_process_and_refusals():
     assert run(sharded, 5) == run(ImportanceSampler(N, BATCH, seed=1), 5)
     with pytest.raises(TypeError, match="no select"):
         sharded.select(next(iter(sharded)), np.ones(BATCH))
+    # A pool method whose steps are all uniform (the guarded UpperBound's default) answers
+    # select() with the shard itself, as unwrapped: a loop written for pools runs unchanged.
+    uniform_only = Sharded(UpperBound(N, BATCH, seed=1), rank=0, world_size=1)
+    assert not uniform_only.scores_pools
+    shard = next(iter(uniform_only))
+    pick = uniform_only.select(shard, lambda rows: pytest.fail("no pool to score"))
+    assert pick.index.tolist() == shard.index.tolist() and pick.weight.tolist() == [1.0] * BATCH
+    uniform_only.update(shard, np.ones(BATCH))
     with pytest.raises(ValueError, match="exceeds the global batch"):
         Sharded(ImportanceSampler(N, 2), rank=0, world_size=3)
     with pytest.raises(ValueError, match="exceeds the pool size"):
