@@ -40,11 +40,14 @@ FACTORIES = {
     "ImportanceSampler (guarded)": lambda: samplers.ImportanceSampler(N, BATCH,
                                                                       steps_per_epoch=STEPS,
                                                                       seed=0),
-    "UpperBound, uniform steps": lambda: samplers.UpperBound(N, BATCH, steps_per_epoch=STEPS,
-                                                             seed=0),
+    # The guarded pool methods' defaults: every step uniform (scores_pools False).
+    "UpperBound, uniform steps (its default)": lambda: samplers.UpperBound(
+        N, BATCH, steps_per_epoch=STEPS, seed=0),
     "UpperBound, importance steps (pool 384)": _upper_bound_on,
-    "BiasedLoss exact (pool 256)": lambda: samplers.BiasedLoss(N, BATCH, steps_per_epoch=STEPS,
-                                                               seed=0),
+    "BiasedLoss exact, uniform steps (its default)": lambda: samplers.BiasedLoss(
+        N, BATCH, steps_per_epoch=STEPS, seed=0),
+    "BiasedLoss exact, pool steps (pool 256)": lambda: samplers.BiasedLoss(
+        N, BATCH, switch=False, steps_per_epoch=STEPS, seed=0),
     "BiasedLoss + PerClassGaussian (pool 2048)": lambda: samplers.BiasedLoss(
         N, BATCH, predictor="gaussian", labels=LABELS, steps_per_epoch=STEPS, seed=0),
     "BiasedLoss + LSTM predictor (pool 2048)": lambda: samplers.BiasedLoss(
@@ -53,8 +56,10 @@ FACTORIES = {
     "HighLossBatches (delta 0.5)": lambda: samplers.HighLossBatches(N, BATCH, seed=0),
     "DynamicPruning": lambda: samplers.DynamicPruning(N, BATCH, epochs=10, seed=0),
     "SelectiveBackprop (pool 512)": lambda: samplers.SelectiveBackprop(N, BATCH, seed=0),
-    "SelectiveBackprop reweighted (pool 512)": lambda: samplers.SelectiveBackprop(
-        N, BATCH, reweight=True, seed=0),
+    "SelectiveBackprop reweighted, uniform batches (its default)": lambda:
+        samplers.SelectiveBackprop(N, BATCH, reweight=True, seed=0),
+    "SelectiveBackprop reweighted, unguarded (pool 512)": lambda: samplers.SelectiveBackprop(
+        N, BATCH, reweight=True, guard=False, seed=0),
     "RhoLoss (pool 1280)": lambda: samplers.RhoLoss(
         N, BATCH, irreducible=np.random.default_rng(2).random(N), seed=0),
 }

@@ -404,10 +404,12 @@ class BatchSampler(abc.ABC):
                              f"{list(values.shape)}")
         if allow_invalid:
             return values
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise ValueError(f"{name} holds {int(bad.sum())} NaN or infinite values")
-        if len(values) and (values.min() < 0 or values.max() > MAX_SCORE):
+        # min and max are NaN where any value is, and out of range where one is infinite: two
+        # reductions find every bad value; the message is worked out only then.
+        if len(values) and not (values.min() >= 0 and values.max() <= MAX_SCORE):
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise ValueError(f"{name} holds {int(bad.sum())} NaN or infinite values")
             raise ValueError(f"{name} must be >= 0 and at most {MAX_SCORE:g}, got values in "
                              f"[{values.min():g}, {values.max():g}]")
         return values

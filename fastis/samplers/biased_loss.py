@@ -110,6 +110,10 @@ class BiasedLoss(PoolSampler):
         self.predictor = predictor
         self.guard = VarianceGuard() if guard else None
         self.switch = bool(switch) and self.guard is not None and predictor is None
+        # The exact variant with its switch where no gain can pay for a pool's forward (P >=
+        # 2b: tau_th * 1.2 >= 2): known now, and for the sampler's life.
+        self._every_step_uniform = self.switch and not self.guard.can_ever_pay_for(
+            self.threshold())
         self._mean_score = math.nan  # EMA of the mean pool score (adaptive smoothing)
         # Predictor steps in flight: (step, the picks' probability under the predicted
         # scores alone, the mix with uniform they were drawn with), for the guard.
@@ -134,9 +138,8 @@ class BiasedLoss(PoolSampler):
         return self.guard.pays_for(self.threshold())
 
     def _uniform_only(self) -> bool:
-        """The exact variant with its switch where no gain can pay for a pool's forward
-        (P >= 2b: tau_th * 1.2 >= 2): every step is uniform (scores_pools is False)."""
-        return self.switch and not self.guard.can_ever_pay_for(self.threshold())
+        """Every step is uniform (scores_pools is False): see __init__."""
+        return self._every_step_uniform
 
     def _draw(self, step: int) -> Draw:
         if self.predictor is None:

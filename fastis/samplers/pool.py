@@ -283,8 +283,10 @@ class PoolSampler(BatchSampler):
 
     def _acknowledge(self, step: int) -> None:
         super()._acknowledge(step)
-        self._pool_steps = {s for s in self._pool_steps if s > self._acked}
-        self._picked = {s: p for s, p in self._picked.items() if s > self._acked}
+        if self._pool_steps:  # (a uniform step of a uniform-only method has none)
+            self._pool_steps = {s for s in self._pool_steps if s > self._acked}
+        if self._picked:
+            self._picked = {s: p for s, p in self._picked.items() if s > self._acked}
 
     def _method_schema(self) -> dict[str, Field]:
         schema: dict[str, Field] = {"pool_steps": Array("int", (None,), low=0, high=MAX_STEP)}

@@ -122,6 +122,10 @@ class UpperBound(PoolSampler):
                              f"{max_weight}")
         self.guard = VarianceGuard() if guard else None
         self.tau = 0.0
+        # Guarded, with a fixed cost ratio no gain can pay for (presample 3: 2 * 1.2 > 2):
+        # known now, and for the sampler's life.
+        self._every_step_uniform = (self.guard is not None and cost != "measured"
+                                    and not self.guard.can_ever_pay_for(self.threshold()))
         self._forward_cost = math.nan  # seconds per example, scoring forward (EMA)
         self._step_cost = math.nan  # seconds per example, training step (EMA)
         self._importance_steps = 0
@@ -187,10 +191,12 @@ class UpperBound(PoolSampler):
             raise ValueError("UpperBound.update() needs the scores of the trained examples "
                              "(they drive tau on uniform steps)")
         values = self.scores_of(scores, len(index))
+        if self._every_step_uniform:
+            return  # the scores cannot change anything (_uniform_only): checked only
         seconds = self._training_seconds(step)
         if seconds is not None and len(index):
             self._step_cost = ema(self._step_cost, seconds / len(index), 0.9)
-        if step not in self._pool_steps and not self._uniform_only():
+        if step not in self._pool_steps:
             self._update_tau(values)
             if self.guard is not None:  # the trained batch, scored as if it were a pool
                 self.guard.observe_pool(values, self.norms_of(scores, len(index), values=values))
@@ -199,8 +205,7 @@ class UpperBound(PoolSampler):
         """Guarded, with a fixed cost ratio no gain can pay for (presample 3: 2 * 1.2 > 2):
         every step is uniform (scores_pools is False), and a uniform step's scores cannot
         change anything, so they are only checked."""
-        return (self.guard is not None and self.cost != "measured"
-                and not self.guard.can_ever_pay_for(self.threshold()))
+        return self._every_step_uniform
 
     def _stats(self) -> dict[str, float]:
         return {"tau": self.tau, "tau_th": self.threshold(),
