@@ -4,10 +4,10 @@ plain PyTorch loops (indexing the data tensors by a shuffled permutation, the fa
 loop; and a shuffled DataLoader, the common one) against the same model trained through
 fastis's Uniform, ImportanceSampler and UpperBound (defaults; at its default the guarded
 UpperBound's steps are all uniform, `scores_pools` is False and the loop skips the pool
-lines: what a pool method costs where no pool step can pay) with per-example scores from the fused op, for the MLP (784-256-128-10) and
-the demo's small CNN (fastis.training). Blocks of 25
-steps of each loop alternate in one process, so that drifts in machine speed hit all alike;
-the figure is the median step.
+lines: what a pool method costs where no pool step can pay) with per-example scores from the
+fused op, for the MLP (784-256-128-10) and the demo's small CNN (fastis.training). Blocks of
+25 steps of each loop alternate in one process, so that drifts in machine speed hit all
+alike; the figure is the median step.
 
     python benchmarks/loop_overhead.py            # ~2 minutes
 """

@@ -23,12 +23,13 @@ bound were tight. tau_th is the cost ratio of the two kinds of step (eq. 29 of t
 With the variance guard (the default) the switch is the guard's instead (ours,
 docs/methods.md): a pool step runs while the guard's bound on its gain, 2 - rho, exceeds
 tau_th (the cost ratio) by its cost margin; where no gain can (a fixed tau_th >= 2 / 1.2),
-uniform steps skip the guard's and tau's bookkeeping (tau then stays 0). The paper's rule
-(tau^2 > tau_th^2, i.e. a second-moment cut worth the cost) assumes a step's progress grows
-as 1 / rho; at a learning rate tuned for uniform sampling it grows at most to 2 - rho, so
-with presample = 3 (cost 2) a pool step never pays at equal wall-clock, and the guarded
-sampler stays uniform; it pays where pool forwards are cheap (cost="measured", a small
-presample, rho well below 1).
+every step is uniform, known when the sampler is built: `scores_pools` is False (the loop
+may skip select()) and uniform steps skip the guard's and tau's bookkeeping (tau stays 0).
+The paper's rule (tau^2 > tau_th^2, i.e. a second-moment cut worth the cost) assumes a
+step's progress grows as 1 / rho; at a learning rate tuned for uniform sampling it grows at
+most to 2 - rho, so with presample = 3 (cost 2) a pool step never pays at equal wall-clock,
+and the guarded sampler stays uniform; it pays where pool forwards are cheap
+(cost="measured", a small presample, rho well below 1).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class UpperBound(PoolSampler):
         >>> for _ in range(20):
         ...     draw = next(iter(guarded))
         ...     guarded.update(draw, torch.rand(32) ** 4)
-        >>> guarded.importance_on, guarded.guard.observations
-        (False, 0)
+        >>> guarded.importance_on, guarded.guard.observations, guarded.scores_pools
+        (False, 0, False)
     """
 
     score_field = "grad_norm"
