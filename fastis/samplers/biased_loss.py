@@ -126,10 +126,6 @@ class BiasedLoss(PoolSampler):
                 "switch": self.switch, "steps_per_epoch": self._epoch_steps}
 
     # ------------------------------------------------------------------ drawing
-    def threshold(self) -> float:
-        """The switch's tau_th: an importance step costs P + 3b forwards against 3b."""
-        return (self.pool_size + 3 * self.batch_size) / (3 * self.batch_size)
-
     @property
     def importance_on(self) -> bool:
         """Whether the next drawn step scores a pool (always, without the switch)."""
@@ -137,13 +133,9 @@ class BiasedLoss(PoolSampler):
             return True
         return self.guard.pays_for(self.threshold())
 
-    def _uniform_only(self) -> bool:
-        """Every step is uniform (scores_pools is False): see __init__."""
-        return self._every_step_uniform
-
     def _draw(self, step: int) -> Draw:
         if self.predictor is None:
-            if not self._uniform_only() and self.importance_on:
+            if not self._every_step_uniform and self.importance_on:
                 return self._draw_pool(step, step_generator(self.seed, step, STREAM_DRAW))
             return self._uniform_draw(step)
         rng = step_generator(self.seed, step, STREAM_DRAW)
@@ -208,7 +200,7 @@ class BiasedLoss(PoolSampler):
                 # (Uniform steps exist only with the switch; where no estimate could pass
                 # its cost test, they teach nothing.)
                 if (self.guard is not None and step not in self._pool_steps
-                        and not self._uniform_only()):
+                        and not self._every_step_uniform):
                     self.guard.observe_pool(self._sampling_scores(values, advance=False),
                                             self.norms_of(scores, len(index), values=values))
             return

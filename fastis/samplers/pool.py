@@ -36,6 +36,12 @@ from fastis.samplers.state import MAX_STEP, Array, Field, Nested
 from fastis.validation import positive_count
 
 
+def pool_step_cost(pool_size: int, batch_size: int) -> float:
+    """The cost of a pool step in uniform steps, by counting forwards (a backward costs two):
+    the pool's scoring forward, then the b chosen trained, (B + 3b) / (3b)."""
+    return (pool_size + 3 * batch_size) / (3 * batch_size)
+
+
 class Pick(NamedTuple):
     """The examples to train on, chosen from a batch by `select()`.
 
@@ -93,8 +99,9 @@ class PoolSampler(BatchSampler):
                                    their loss weights, float64 [b]; `_resample()` draws
                                    them with replacement in proportion to sampling scores.
         `_pool_scored(pool, forward_seconds)`  learn from a scored pool (default: nothing).
-        `_uniform_only()`  whether every step is a plain uniform batch (default False):
-                                   then `scores_pools` is False.
+    A method whose configuration trains on plain uniform batches only sets
+    `self._every_step_uniform` (default False; fixed for the sampler's life): then
+    `scores_pools` is False.
     A method's `_draw` calls `_draw_pool(step, rng)` (or `_pool_draw(step, index)` for a
     pool of its own choosing) for a pool step, `_uniform_draw(step)` for a plain one. A
     method with a variance guard sets `self.guard` (fastis.samplers.guard.VarianceGuard):
@@ -109,18 +116,16 @@ class PoolSampler(BatchSampler):
         (4, True)
     """
 
+    # Set by a method whose configuration trains on plain uniform batches only.
+    _every_step_uniform = False
+
     @property
     def scores_pools(self) -> bool:  # type: ignore[override]
         """Whether steps can be pools for the loop to score and pass to select(): False
         where this configuration trains on plain uniform batches only (e.g. UpperBound
         whose pool steps can never pay for their cost), so the loop trains on each batch as
         it would a uniform sampler's, without select()."""
-        return not self._uniform_only()
-
-    def _uniform_only(self) -> bool:
-        """Whether every step of this configuration is a plain uniform batch (default:
-        False; fixed for the sampler's life)."""
-        return False
+        return not self._every_step_uniform
 
     def __init__(self, num_examples: int, batch_size: int, *, pool_size: int,
                  forward_batch_size: int | None, seed: int | None,
@@ -139,6 +144,10 @@ class PoolSampler(BatchSampler):
         self._recorded_seconds: tuple[int, float] | None = None
         self.guard: VarianceGuard | None = None  # set by methods that resample by scores
         self._uniform_stream = Reshuffled(self.seed, self.num_examples)
+
+    def threshold(self) -> float:
+        """A pool step's cost in uniform steps (pool_step_cost; UpperBound refines it)."""
+        return pool_step_cost(self.pool_size, self.batch_size)
 
     def _config(self) -> dict:
         return {**super()._config(), "pool_size": self.pool_size,

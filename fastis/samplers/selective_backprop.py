@@ -42,7 +42,7 @@ from fastis.samplers.draws import (
     systematic_sample,
 )
 from fastis.samplers.guard import VarianceGuard
-from fastis.samplers.pool import PoolSampler, PoolScores
+from fastis.samplers.pool import PoolSampler, PoolScores, pool_step_cost
 from fastis.samplers.state import Array, Field, Int
 from fastis.validation import positive_count, real_number
 
@@ -89,13 +89,13 @@ class SelectiveBackprop(PoolSampler):
         selection_guard = VarianceGuard() if guard and reweight and not stale else None
         # Where no selection can pay, a step trains on b uniform examples: an epoch is N / b
         # steps instead of N / F.
-        self._uniform_batches = (selection_guard is not None
-                                 and not selection_guard.can_ever_pay_for((pool + 3 * b)
-                                                                          / (3 * b)))
+        self._every_step_uniform = (selection_guard is not None
+                                    and not selection_guard.can_ever_pay_for(
+                                        pool_step_cost(pool, b)))
         super().__init__(num_examples, b, pool_size=pool,
                          forward_batch_size=forward_batch_size, seed=seed,
                          steps_per_epoch=-(-positive_count(num_examples, "num_examples")
-                                           // (b if self._uniform_batches else pool)))
+                                           // (b if self._every_step_uniform else pool)))
         self.beta = real_number(beta, "beta")
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be finite and > 0, got {beta}")
@@ -112,14 +112,6 @@ class SelectiveBackprop(PoolSampler):
         """Pools to score, except in stale mode (the choice is made when drawing) and where
         every batch is uniform."""
         return not self.stale and super().scores_pools
-
-    def threshold(self) -> float:
-        """The cost of a step in uniform steps: forwarding F and training b, (F + 3b) / (3b)
-        (a backward costs two forwards)."""
-        return (self.pool_size + 3 * self.batch_size) / (3 * self.batch_size)
-
-    def _uniform_only(self) -> bool:
-        return self._uniform_batches
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), "beta": self.beta, "history": self.history_size,
@@ -158,7 +150,7 @@ class SelectiveBackprop(PoolSampler):
 
     def _draw(self, step: int) -> Draw:
         epoch, position = divmod(step, self._epoch_steps)
-        if self._uniform_batches:
+        if self._every_step_uniform:
             b = self.batch_size
             index = self._order(epoch)[position * b:(position + 1) * b].copy()
             return Draw(index, np.ones(len(index), np.float32), step)
@@ -186,7 +178,7 @@ class SelectiveBackprop(PoolSampler):
 
     def _stats(self) -> dict[str, float]:
         return {"losses_seen": float(self._history_count),
-                "uniform_batches": float(self._uniform_batches),
+                "uniform_batches": float(self._every_step_uniform),
                 **(self.guard.stats() if self.guard is not None else {})}
 
     # ------------------------------------------------------------------ state

@@ -148,7 +148,7 @@ class UpperBound(PoolSampler):
         if self.cost == "measured" and math.isfinite(self._forward_cost * self._step_cost):
             return (self.pool_size * self._forward_cost + self.batch_size * self._step_cost) / (
                 self.batch_size * self._step_cost)
-        return (self.pool_size + 3 * self.batch_size) / (3 * self.batch_size)
+        return super().threshold()
 
     @property
     def importance_on(self) -> bool:
@@ -159,7 +159,7 @@ class UpperBound(PoolSampler):
         return self.tau > self.threshold()
 
     def _draw(self, step: int) -> Draw:
-        if not self._uniform_only() and self.importance_on:
+        if not self._every_step_uniform and self.importance_on:
             self._importance_steps += 1
             return self._draw_pool(step, step_generator(self.seed, step, STREAM_DRAW))
         return self._uniform_draw(step)
@@ -193,7 +193,7 @@ class UpperBound(PoolSampler):
                              "(they drive tau on uniform steps)")
         values = self.scores_of(scores, len(index))
         if self._every_step_uniform:
-            return  # the scores cannot change anything (_uniform_only): checked only
+            return  # the scores cannot change anything: checked only
         seconds = self._training_seconds(step)
         if seconds is not None and len(index):
             self._step_cost = ema(self._step_cost, seconds / len(index), 0.9)
@@ -201,12 +201,6 @@ class UpperBound(PoolSampler):
             self._update_tau(values)
             if self.guard is not None:  # the trained batch, scored as if it were a pool
                 self.guard.observe_pool(values, self.norms_of(scores, len(index), values=values))
-
-    def _uniform_only(self) -> bool:
-        """Guarded, with a fixed cost ratio no gain can pay for (presample 3: 2 * 1.2 > 2):
-        every step is uniform (scores_pools is False), and a uniform step's scores cannot
-        change anything, so they are only checked."""
-        return self._every_step_uniform
 
     def _stats(self) -> dict[str, float]:
         return {"tau": self.tau, "tau_th": self.threshold(),
